@@ -1,0 +1,1 @@
+"""The ``cpcnn`` command line: parsing and printing only; work happens in the library."""

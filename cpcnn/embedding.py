@@ -1,0 +1,152 @@
+"""Run a stored ONNX model over single-cell crops with ONNX Runtime.
+
+The session is created once and reused; ONNX Runtime (and its CUDA provider, when installed and a GPU
+is visible) is imported lazily so that ``import cpcnn`` stays light.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cpcnn._types import F32Array, F64Array, Normalization
+from cpcnn.crops import crop_cells
+from cpcnn.errors import CpcnnError, InputError
+from cpcnn.manifest import ModelManifest
+from cpcnn.store import StoredModel
+
+logger = logging.getLogger(__name__)
+
+#: Cells per ONNX Runtime call; measured fastest on CPU (bench/embed.py), GPUs like bigger batches.
+DEFAULT_CPU_BATCH = 64
+DEFAULT_GPU_BATCH = 256
+
+
+def physical_cores() -> int:
+    """Cores this process may use (affinity-aware), which is what ORT's thread pool should match."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """Which provider actually runs the model, for logs, /readyz and benchmarks."""
+
+    provider: str
+    threads: int
+    batch_size: int
+
+
+class Embedder:
+    """One ONNX Runtime session for one model: crops in, features out."""
+
+    def __init__(
+        self,
+        model: StoredModel,
+        *,
+        device: str = "auto",
+        threads: int | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise CpcnnError(
+                "embedding needs ONNX Runtime: pip install 'cpcnn[serve]' (or 'cpcnn[gpu]' on a GPU machine)"
+            ) from exc
+        self.manifest: ModelManifest = model.manifest
+        available = ort.get_available_providers()
+        providers: list[str] = []
+        if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+            providers.append("CUDAExecutionProvider")
+        elif device == "cuda":
+            raise CpcnnError(f"CUDA requested but ONNX Runtime offers only {', '.join(available)}")
+        providers.append("CPUExecutionProvider")
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or physical_cores()
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self._session = ort.InferenceSession(str(model.onnx_path), sess_options=options, providers=providers)
+        active = self._session.get_providers()[0]
+        if device == "auto" and active != "CUDAExecutionProvider":
+            logger.info("no CUDA provider in this ONNX Runtime; running %s on the CPU", model.manifest.name)
+        on_gpu = active == "CUDAExecutionProvider"
+        self.info = RuntimeInfo(
+            provider=active,
+            threads=options.intra_op_num_threads,
+            batch_size=batch_size or (DEFAULT_GPU_BATCH if on_gpu else DEFAULT_CPU_BATCH),
+        )
+        self._input = self._session.get_inputs()[0].name
+        self._lock = threading.Lock()
+
+    @property
+    def feature_size(self) -> int:
+        return self.manifest.feature_size
+
+    def warmup(self, batch_sizes: Sequence[int] | None = None) -> None:
+        """Run each batch shape once so the first real request does not pay for allocation/tuning."""
+        side, n_channels = self.manifest.crop_size, len(self.manifest.channels)
+        for size in batch_sizes or (self.info.batch_size,):
+            self.embed_crops(np.zeros((size, side, side, n_channels), np.float32))
+
+    def embed_crops(self, crops: F32Array) -> F32Array:
+        """(N, B, B, C) float32 normalized crops -> (N, D) float32 features, in batches."""
+        side, n_channels = self.manifest.crop_size, len(self.manifest.channels)
+        if crops.ndim != 4 or crops.shape[1:] != (side, side, n_channels):
+            raise InputError(f"crops must be (N, {side}, {side}, {n_channels}), got {crops.shape}")
+        out = np.empty((crops.shape[0], self.feature_size), np.float32)
+        step = self.info.batch_size
+        for start in range(0, crops.shape[0], step):
+            batch = np.ascontiguousarray(crops[start : start + step], dtype=np.float32)
+            with self._lock:
+                out[start : start + step] = self._session.run(None, {self._input: batch})[0]
+        return out
+
+    def crop(self, image: F32Array, centers: F64Array, *, normalization: Normalization | None = None) -> F32Array:
+        """(H, W, C) image + (N, 2) centres -> normalized crops as this model expects them."""
+        if image.ndim != 3 or image.shape[2] != len(self.manifest.channels):
+            raise InputError(
+                f"model {self.manifest.name} expects {len(self.manifest.channels)} channels "
+                f"({', '.join(self.manifest.channels)}), image has shape {image.shape}"
+            )
+        return crop_cells(
+            image,
+            centers,
+            crop_size=self.manifest.crop_size,
+            normalization=normalization or self.manifest.normalization,
+        )
+
+    def embed_site(
+        self, image: F32Array, centers: F64Array, *, normalization: Normalization | None = None
+    ) -> F32Array:
+        """One field of view: (H, W, C) + (N, 2) centres -> (N, D) float32 features, rows in input order."""
+        return self.embed_crops(self.crop(image, centers, normalization=normalization))
+
+    def embed_sites(
+        self, sites: Iterable[tuple[Any, F32Array, F64Array]], *, normalization: Normalization | None = None
+    ) -> Iterator[tuple[Any, F32Array]]:
+        """(key, image, centres) stream -> (key, features) stream, cropping site k+1 while site k runs.
+
+        Decoding and cropping happen in the caller's iterator and a helper thread; ONNX Runtime releases
+        the GIL, so the two overlap.
+        """
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpcnn-crop") as pool:
+            pending: tuple[Any, Future[F32Array]] | None = None
+            for key, image, centers in sites:
+                future = pool.submit(self.crop, image, centers, normalization=normalization)
+                if pending is not None:
+                    yield pending[0], self.embed_crops(pending[1].result())
+                pending = (key, future)
+            if pending is not None:
+                yield pending[0], self.embed_crops(pending[1].result())

@@ -1,0 +1,1 @@
+"""Training-side code for the CNN-1 network: architecture, torch module and checkpoints (needs torch)."""
