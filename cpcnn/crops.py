@@ -16,7 +16,7 @@ import numpy as np
 from cpcnn._types import CROP_SIZE, F32Array, F64Array, I64Array, Normalization
 from cpcnn.errors import InputError
 
-#: ``tf.keras.backend.epsilon()``, added to the min-max range by DeepProfiler 0.5.1.
+#: ``tf.keras.backend.epsilon()``, in DeepProfiler 0.5.1's min-max normalization.
 MINMAX_EPSILON = np.float32(1e-7)
 
 
@@ -140,24 +140,30 @@ def _lerp(low: F32Array, high: F32Array, weight: F32Array) -> F32Array:
 def normalize_crops(crops: F32Array, method: Normalization, *, out: F32Array | None = None) -> F32Array:
     """(N, B, B, C) float32 -> same shape, each crop and channel scaled by its own min and max.
 
-    ``minmax``: ``(x - min) / (max - min + 1e-7)`` (DeepProfiler 0.5.1); a flat channel becomes 0.
-    ``minmax_paper``: ``(x - min) / max`` (releases used for the paper); a channel whose max is 0
-    stays 0 instead of NaN.
+    ``minmax``: DeepProfiler 0.5.1's ``(x - min) / (max - min + 1e-7)``, evaluated as its TensorFlow
+    graph actually runs it after constant folding, ``(x - min) / (max - (min - 1e-7))`` in float32.
+    There a channel that is flat at a value above ~2 divides 0 by 0 and turns the whole cell's
+    features into NaN; we return 0 for a flat channel instead (the formula's intent, and what the
+    reference gives for flat channels near 0).
+    ``minmax_paper``: releases used for the paper, ``(x - min) / max``; a channel whose max is 0 is 0.
     """
     n_cells, side, _, n_channels = crops.shape
     # Reduce whole contiguous rows first (fast, vectorized), then the short remainder.
     rows = crops.reshape(n_cells, side, side * n_channels)
     low = rows.min(axis=1).reshape(n_cells, 1, side, n_channels).min(axis=2, keepdims=True)
     high = rows.max(axis=1).reshape(n_cells, 1, side, n_channels).max(axis=2, keepdims=True)
-    result = np.subtract(crops, low, out=out)
     if method == "minmax":
-        result *= 1 / ((high - low) + MINMAX_EPSILON)
+        denominator = high - (low - MINMAX_EPSILON)
     elif method == "minmax_paper":
-        with np.errstate(divide="ignore", invalid="ignore"):
-            result /= high
-        np.nan_to_num(result, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        denominator = high
     else:
         raise InputError(f"unknown normalization {method!r}; expected 'minmax' or 'minmax_paper'")
+    result = np.subtract(crops, low, out=out)
+    if np.all(denominator > 0):
+        result /= denominator
+    else:
+        np.divide(result, denominator, out=result, where=denominator > 0)
+        result *= denominator > 0
     return result
 
 

@@ -115,3 +115,11 @@ def test_axis_samples_scale_is_not_one() -> None:
     samples = axis_samples(np.array([540.0]), 1080)
     step = np.diff(samples.low[0] + samples.weight[0])
     assert np.allclose(step, 128 * 1079 / 1080 / 127, atol=1e-4)
+
+
+def test_flat_channel_normalizes_to_zero_not_nan() -> None:
+    crops = np.full((1, 8, 8, 2), 1000.0, np.float32)
+    crops[0, 2, 3, 1] = 1500.0
+    out = normalize_crops(crops.copy(), "minmax")
+    assert np.all(out[..., 0] == 0)
+    assert out[0, 2, 3, 1] == np.float32(500) / (np.float32(1500) - (np.float32(1000) - np.float32(1e-7)))

@@ -18,12 +18,14 @@ Usage: python dump_crops.py --inputs IN --site SITE_ID --out crops.npz [--checkp
 """
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import sys
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
@@ -34,8 +36,11 @@ import run_reference  # noqa: E402
 def load_config(root, checkpoint_dir):
     """Reproduce the path handling of DeepProfiler's CLI for a project root."""
     dirs = {
-        "root": root, "locations": root + "/inputs/locations/", "config": root + "/inputs/config/",
-        "images": root + "/inputs/images/", "metadata": root + "/inputs/metadata/",
+        "root": root,
+        "locations": root + "/inputs/locations/",
+        "config": root + "/inputs/config/",
+        "images": root + "/inputs/images/",
+        "metadata": root + "/inputs/metadata/",
         "checkpoints": checkpoint_dir,
     }
     with open(dirs["config"] + "config.json") as f:
@@ -58,13 +63,14 @@ def main(argv=None):
     with open(os.path.join(inputs, "index.json")) as f:
         site = next(s for s in json.load(f)["sites"] if s["id"] == args.site)
 
-    import tensorflow as tf
-
     import deepprofiler.dataset.image_dataset
     import deepprofiler.dataset.pixels
     import deepprofiler.imaging.boxes
     import deepprofiler.imaging.cropping
     import deepprofiler.profiling
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
 
     with tempfile.TemporaryDirectory() as tmp:
         root = os.path.join(tmp, "project")
@@ -82,18 +88,26 @@ def main(argv=None):
             if args.checkpoint:
                 config["num_classes"] = dset.targets[0].shape[1]
                 prof = deepprofiler.profiling.Profile(config, dset)
-                prof.configure()
+                with contextlib.redirect_stdout(io.StringIO()):  # the model summary
+                    prof.configure()
                 gen = prof.profile_crop_generator
             else:
                 gen = deepprofiler.imaging.cropping.SingleImageCropGenerator(config, dset)
                 gen.start(session)
             locations = gen.prepare_image(session, image, meta, False)
             crops = gen.image_pool
-            batch = {"images": [image], "locations": [locations],
-                     "targets": [[t.get_values(meta) for t in dset.targets]]}
+            batch = {
+                "images": [image],
+                "locations": [locations],
+                "targets": [[t.get_values(meta) for t in dset.targets]],
+            }
             boxes = deepprofiler.imaging.boxes.prepare_boxes(batch, config)[0]
-            result = dict(crops=crops.astype(np.float32), boxes=boxes, image=image.astype(np.float32),
-                          centers=locations[[run_reference.X_KEY, run_reference.Y_KEY]].to_numpy(np.float64))
+            result = dict(
+                crops=crops.astype(np.float32),
+                boxes=boxes,
+                image=image.astype(np.float32),
+                centers=locations[[run_reference.X_KEY, run_reference.Y_KEY]].to_numpy(np.float64),
+            )
             if args.checkpoint:
                 act = prof.feat_extractor.predict(crops, batch_size=config["profile"]["batch_size"])
                 feats = act

@@ -46,15 +46,34 @@ def border_locations(h, w):
     """Centres that put the 128 px box across the image edge in every way that matters."""
     pts = [
         # within 64 px of each edge
-        (10.3, h * 0.5 + 0.37), (63.9, h * 0.3), (w - 10.25, h * 0.6), (w - 63.5, h * 0.45),
-        (w * 0.4, 5.5), (w * 0.7, 63.0), (w * 0.35, h - 7.75), (w * 0.55, h - 64.0),
+        (10.3, h * 0.5 + 0.37),
+        (63.9, h * 0.3),
+        (w - 10.25, h * 0.6),
+        (w - 63.5, h * 0.45),
+        (w * 0.4, 5.5),
+        (w * 0.7, 63.0),
+        (w * 0.35, h - 7.75),
+        (w * 0.55, h - 64.0),
         # exactly on an edge (0, last pixel, and the far border)
-        (0.0, h * 0.55), (w, h * 0.25), (w - 1, h * 0.75), (w * 0.5, 0.0), (w * 0.25, h), (w * 0.8, h - 1),
+        (0.0, h * 0.55),
+        (w, h * 0.25),
+        (w - 1, h * 0.75),
+        (w * 0.5, 0.0),
+        (w * 0.25, h),
+        (w * 0.8, h - 1),
         # centre outside, box still overlapping the image
-        (-20.5, h * 0.4), (-60.0, h * 0.8), (w + 30.2, h * 0.2), (w + 59.5, h * 0.65),
-        (w * 0.3, -45.125), (w * 0.6, h + 50.75),
+        (-20.5, h * 0.4),
+        (-60.0, h * 0.8),
+        (w + 30.2, h * 0.2),
+        (w + 59.5, h * 0.65),
+        (w * 0.3, -45.125),
+        (w * 0.6, h + 50.75),
         # corners
-        (0.0, 0.0), (w, h), (-10.0, -12.5), (w + 8.5, -5.0), (3.25, h + 2.0),
+        (0.0, 0.0),
+        (w, h),
+        (-10.0, -12.5),
+        (w + 8.5, -5.0),
+        (3.25, h + 2.0),
     ]
     return [(round(x, 3), round(y, 3)) for x, y in pts]
 
@@ -68,7 +87,7 @@ def gaussian_add(img, cx, cy, sigma, amp, rng=None, texture=0.0):
     if y0 >= y1 or x0 >= x1:
         return
     yy, xx = np.mgrid[y0:y1, x0:x1]
-    blob = amp * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma ** 2))
+    blob = amp * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
     if texture:
         blob *= 1.0 + texture * rng.standard_normal(blob.shape)
     img[y0:y1, x0:x1] += blob
@@ -86,8 +105,15 @@ def render(h, w, centres, rng, peak, background, bit8=False):
             else:
                 for _ in range(3):
                     ox, oy = rng.normal(0, 8, 2)
-                    gaussian_add(img, cx + ox, cy + oy, rng.uniform(8, 22), peak[ci] * rng.uniform(0.2, 0.7),
-                                 rng=rng, texture=0.3)
+                    gaussian_add(
+                        img,
+                        cx + ox,
+                        cy + oy,
+                        rng.uniform(8, 22),
+                        peak[ci] * rng.uniform(0.2, 0.7),
+                        rng=rng,
+                        texture=0.3,
+                    )
         img += rng.normal(0, 0.02 * peak[ci] + 1.0, img.shape)
         hi = 255 if bit8 else 65535
         chans[name] = np.clip(np.rint(img), 0, hi).astype(np.uint8 if bit8 else np.uint16)
@@ -126,8 +152,14 @@ def write_site(outdir, site, chans, locations, header=(X_KEY, Y_KEY), extra=None
             wr.writerow([row[k] for k in header])
     first = chans[CHANNELS[0]]
     entry = dict(site)
-    entry.update(height=int(first.shape[0]), width=int(first.shape[1]), dtype=str(first.dtype),
-                 channels=files, locations=loc_rel, n_cells=len(locations))
+    entry.update(
+        height=int(first.shape[0]),
+        width=int(first.shape[1]),
+        dtype=str(first.dtype),
+        channels=files,
+        locations=loc_rel,
+        n_cells=len(locations),
+    )
     if extra:
         entry.update(extra)
     return entry
@@ -140,31 +172,47 @@ def synthetic_sites(outdir):
     h, w = 520, 696
     locs = border_locations(h, w) + interior(25, h, w, rng)
     locs = [locs[i] for i in rng.permutation(len(locs))]
-    chans = render(h, w, locs, rng, peak=[20000, 6000, 9000, 4000, 12000], background=[300, 250, 400, 200, 2500])
-    entries.append(write_site(outdir, dict(id="synth-520x696", plate="SYNTHA", well="B02", site=1), chans, locs,
-                              header=("ObjectNumber", Y_KEY, X_KEY)))
+    chans = render(
+        h, w, locs, rng, peak=[20000, 6000, 9000, 4000, 12000], background=[300, 250, 400, 200, 2500]
+    )
+    entries.append(
+        write_site(
+            outdir,
+            dict(id="synth-520x696", plate="SYNTHA", well="B02", site=1),
+            chans,
+            locs,
+            header=("ObjectNumber", Y_KEY, X_KEY),
+        )
+    )
 
     rng = np.random.default_rng([SEED, 2])
     locs = [locs[i] for i in (0, 3, 7, 11, 15, 19, 23, 27, 31, 35, 40, 45)]
     chans = render(h, w, locs, rng, peak=[15000, 5000, 1, 1, 9000], background=[200, 150, 0, 0, 1000])
     chans["ER"] = np.full((h, w), 1000, np.uint16)
     chans["AGP"] = np.zeros((h, w), np.uint16)
-    entries.append(write_site(outdir, dict(id="synth-flat-520x696", plate="SYNTHA", well="B03", site=2),
-                              chans, locs))
+    entries.append(
+        write_site(outdir, dict(id="synth-flat-520x696", plate="SYNTHA", well="B03", site=2), chans, locs)
+    )
 
     rng = np.random.default_rng([SEED, 3])
     h, w = 1080, 1080
     locs = border_locations(h, w) + interior(30, h, w, rng)
     locs = [locs[i] for i in rng.permutation(len(locs))]
-    chans = render(h, w, locs, rng, peak=[25000, 8000, 12000, 5000, 60000], background=[500, 300, 400, 250, 4000])
-    entries.append(write_site(outdir, dict(id="synth-1080x1080", plate="SYNTHB", well="C05", site=4), chans, locs))
+    chans = render(
+        h, w, locs, rng, peak=[25000, 8000, 12000, 5000, 60000], background=[500, 300, 400, 250, 4000]
+    )
+    entries.append(
+        write_site(outdir, dict(id="synth-1080x1080", plate="SYNTHB", well="C05", site=4), chans, locs)
+    )
 
     rng = np.random.default_rng([SEED, 4])
     h, w = 301, 403
     locs = border_locations(h, w) + interior(6, h, w, rng)
     locs = [locs[i] for i in rng.permutation(len(locs))]
     chans = render(h, w, locs, rng, peak=[200, 90, 120, 60, 180], background=[8, 5, 10, 4, 20], bit8=True)
-    entries.append(write_site(outdir, dict(id="synth8-301x403", plate="SYNTHC", well="D07", site=1), chans, locs))
+    entries.append(
+        write_site(outdir, dict(id="synth8-301x403", plate="SYNTHC", well="D07", site=1), chans, locs)
+    )
     return entries
 
 
@@ -179,8 +227,13 @@ def real_site(outdir, src):
     rng = np.random.default_rng([SEED, 5])
     for p in extra:
         locs.insert(int(rng.integers(0, len(locs) + 1)), p)
-    return write_site(outdir, dict(id="pcatlas-BR00143976-C03-s3", plate="BR00143976", well="C03", site=3),
-                      chans, locs, extra={"source": {n: REAL_PATTERN.format(c) for n, c in REAL_FILES.items()}})
+    return write_site(
+        outdir,
+        dict(id="pcatlas-BR00143976-C03-s3", plate="BR00143976", well="C03", site=3),
+        chans,
+        locs,
+        extra={"source": {n: REAL_PATTERN.format(c) for n, c in REAL_FILES.items()}},
+    )
 
 
 def main(argv=None):
@@ -197,8 +250,19 @@ def main(argv=None):
         wr = csv.writer(f)
         wr.writerow(["id", "plate", "well", "site", "height", "width", "dtype", *CHANNELS, "locations"])
         for e in entries:
-            wr.writerow([e["id"], e["plate"], e["well"], e["site"], e["height"], e["width"], e["dtype"],
-                         *[e["channels"][c] for c in CHANNELS], e["locations"]])
+            wr.writerow(
+                [
+                    e["id"],
+                    e["plate"],
+                    e["well"],
+                    e["site"],
+                    e["height"],
+                    e["width"],
+                    e["dtype"],
+                    *[e["channels"][c] for c in CHANNELS],
+                    e["locations"],
+                ]
+            )
     total = sum(e["n_cells"] for e in entries)
     print(f"wrote {len(entries)} sites, {total} cells to {args.outdir}")
 

@@ -15,9 +15,10 @@ The configured image width/height must equal every image's size (the crop placeh
 that static shape), so sites are grouped by size into one project per size.
 
 Output: OUT/reference/{site_id}.npz with ``features`` (N, 672) float32 exactly as DeepProfiler
-wrote them, ``centers`` (N, 2) float64 (x, y) in locations-file row order, and
-OUT/reference/manifest.json describing every site. DeepProfiler's own projects and logs are
-kept under OUT/dp/.
+wrote them (NaN rows included: DeepProfiler gives NaN for a crop with a flat non-zero channel)
+and ``centers`` (N, 2) float64 (x, y) in locations-file row order, plus
+OUT/reference/manifest.json describing every site, its paths relative to OUT.
+DeepProfiler's own projects and logs are kept under OUT/dp/.
 
 Usage: python run_reference.py --inputs IN --checkpoint CKPT.hdf5 --out OUT
 """
@@ -47,22 +48,44 @@ def dp_config(height, width, checkpoint_name, batch_size):
     return {
         "dataset": {
             "metadata": {"label_field": "Class", "control_value": "control"},
-            "images": {"channels": CHANNELS, "file_format": "tif", "bits": 16,
-                       "width": width, "height": height},
-            "locations": {"mode": "single_cells", "box_size": BOX_SIZE, "view_size": BOX_SIZE,
-                          "mask_objects": False},
+            "images": {
+                "channels": CHANNELS,
+                "file_format": "tif",
+                "bits": 16,
+                "width": width,
+                "height": height,
+            },
+            "locations": {
+                "mode": "single_cells",
+                "box_size": BOX_SIZE,
+                "view_size": BOX_SIZE,
+                "mask_objects": False,
+            },
         },
         "prepare": {
             "illumination_correction": {"down_scale_factor": 4, "median_filter_size": 24},
             "compression": {"implement": False, "scaling_factor": 1.0},
         },
         "train": {
-            "partition": {"targets": ["Class"], "split_field": "Metadata_Plate",
-                          "training": [], "validation": []},
-            "model": {"name": "efficientnet", "crop_generator": "crop_generator",
-                      "metrics": ["accuracy"], "epochs": 1, "initialization": "None",
-                      "params": {"learning_rate": 0.005, "batch_size": batch_size,
-                                 "conv_blocks": 0, "label_smoothing": 0.0}},
+            "partition": {
+                "targets": ["Class"],
+                "split_field": "Metadata_Plate",
+                "training": [],
+                "validation": [],
+            },
+            "model": {
+                "name": "efficientnet",
+                "crop_generator": "crop_generator",
+                "metrics": ["accuracy"],
+                "epochs": 1,
+                "initialization": "None",
+                "params": {
+                    "learning_rate": 0.005,
+                    "batch_size": batch_size,
+                    "conv_blocks": 0,
+                    "label_smoothing": 0.0,
+                },
+            },
             "sampling": {"factor": 1.0, "workers": 1, "cache_size": 1000},
             "validation": {"frequency": 1, "top_k": 1, "batch_size": batch_size},
         },
@@ -90,8 +113,13 @@ def layout_project(root, sites, inputs, checkpoint, batch_size):
     if os.path.exists(root):
         shutil.rmtree(root)  # DeepProfiler skips sites whose output already exists
     h, w = sites[0]["height"], sites[0]["width"]
-    for sub in ("inputs/config", "inputs/metadata", "inputs/images", "inputs/locations",
-                f"outputs/{EXP}/checkpoint"):
+    for sub in (
+        "inputs/config",
+        "inputs/metadata",
+        "inputs/images",
+        "inputs/locations",
+        f"outputs/{EXP}/checkpoint",
+    ):
         os.makedirs(os.path.join(root, sub), exist_ok=True)
     ckpt_name = os.path.basename(checkpoint)
     os.symlink(os.path.abspath(checkpoint), os.path.join(root, "outputs", EXP, "checkpoint", ckpt_name))
@@ -103,14 +131,18 @@ def layout_project(root, sites, inputs, checkpoint, batch_size):
         row = {"Metadata_Plate": plate, "Metadata_Well": well, "Metadata_Site": site}
         for ch in CHANNELS:
             rel = f"{plate}/{well}_s{site}_{ch}.tif"
-            os.symlink(os.path.abspath(os.path.join(inputs, s["channels"][ch])),
-                       os.path.join(root, "inputs/images", rel))
+            os.symlink(
+                os.path.abspath(os.path.join(inputs, s["channels"][ch])),
+                os.path.join(root, "inputs/images", rel),
+            )
             row[ch] = rel
         row["Class"] = "control"
         rows.append(row)
         os.makedirs(os.path.join(root, "inputs/locations", plate), exist_ok=True)
-        shutil.copyfile(os.path.join(inputs, s["locations"]),
-                        os.path.join(root, "inputs/locations", plate, f"{well}-{site}-Nuclei.csv"))
+        shutil.copyfile(
+            os.path.join(inputs, s["locations"]),
+            os.path.join(root, "inputs/locations", plate, f"{well}-{site}-Nuclei.csv"),
+        )
 
     with open(os.path.join(root, "inputs/metadata/index.csv"), "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -122,8 +154,15 @@ def layout_project(root, sites, inputs, checkpoint, batch_size):
 
 def run_deepprofiler(root):
     """Run ``python -m deepprofiler profile`` on one project; its log goes next to it."""
-    cmd = [sys.executable, "-m", "deepprofiler", f"--root={root}", "--config=config.json",
-           f"--exp={EXP}", "profile"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "deepprofiler",
+        f"--root={root}",
+        "--config=config.json",
+        f"--exp={EXP}",
+        "profile",
+    ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONHASHSEED="0")
     log_path = os.path.join(root, "profile.log")
     with open(log_path, "w") as log:
@@ -156,12 +195,20 @@ def main(argv=None):
     import deepprofiler
     import tensorflow as tf
 
+    def rel(path):
+        return os.path.relpath(path, out)
+
     manifest = {
         "deepprofiler_version": getattr(deepprofiler, "__version__", "0.5.1"),
         "tensorflow_version": tf.__version__,
-        "feature_layer": FEATURE_LAYER, "box_size": BOX_SIZE, "channels": CHANNELS,
-        "checkpoint": os.path.abspath(args.checkpoint), "checkpoint_sha256": sha256(args.checkpoint),
-        "inputs": inputs, "sites": [],
+        "feature_layer": FEATURE_LAYER,
+        "box_size": BOX_SIZE,
+        "channels": CHANNELS,
+        "paths_relative_to": "..",
+        "checkpoint": rel(os.path.abspath(args.checkpoint)),
+        "checkpoint_sha256": sha256(args.checkpoint),
+        "inputs": rel(inputs),
+        "sites": [],
     }
     for (h, w), sites in sorted(groups.items()):
         root = os.path.join(out, "dp", f"{h}x{w}")
@@ -180,23 +227,26 @@ def main(argv=None):
             centers = read_centers(os.path.join(inputs, s["locations"]))
             if feats.dtype != np.float32 or feats.shape != (len(centers), 672):
                 sys.exit(f"{s['id']}: unexpected features {feats.dtype} {feats.shape}, {len(centers)} cells")
-            if not np.isfinite(feats).all():
-                sys.exit(f"{s['id']}: non-finite features")
+            nan_rows = np.flatnonzero(~np.isfinite(feats).all(axis=1))
             np.savez(os.path.join(ref_dir, f"{s['id']}.npz"), features=feats, centers=centers)
             entry = {k: s[k] for k in ("id", "plate", "well", "site", "height", "width", "dtype", "n_cells")}
             entry.update(
-                channels={c: os.path.join(inputs, p) for c, p in s["channels"].items()},
-                locations=os.path.join(inputs, s["locations"]),
-                features=os.path.relpath(os.path.join(ref_dir, f"{s['id']}.npz"), out),
-                deepprofiler_npz=os.path.relpath(npz, out),
+                channels={c: rel(os.path.join(inputs, p)) for c, p in s["channels"].items()},
+                locations=rel(os.path.join(inputs, s["locations"])),
+                features=rel(os.path.join(ref_dir, f"{s['id']}.npz")),
+                deepprofiler_npz=rel(npz),
                 deepprofiler_locations_shape=list(dp_locs.shape),
-                feature_abs_max=float(np.abs(feats).max()),
-                feature_abs_mean=float(np.abs(feats).mean()),
-                feature_min=float(feats.min()), feature_max=float(feats.max()),
+                nan_rows=nan_rows.tolist(),
+                feature_abs_max=float(np.nanmax(np.abs(feats))),
+                feature_abs_mean=float(np.nanmean(np.abs(feats))),
+                feature_min=float(np.nanmin(feats)),
+                feature_max=float(np.nanmax(feats)),
             )
             manifest["sites"].append(entry)
-            print(f"  {s['id']}: {feats.shape[0]} cells, |f| mean {entry['feature_abs_mean']:.3g} "
-                  f"max {entry['feature_abs_max']:.3g}")
+            print(
+                f"  {s['id']}: {feats.shape[0]} cells, |f| mean {entry['feature_abs_mean']:.3g} "
+                f"max {entry['feature_abs_max']:.3g}, {len(nan_rows)} NaN rows"
+            )
 
     with open(os.path.join(ref_dir, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
