@@ -45,8 +45,15 @@ def export_onnx(extractor: FeatureExtractor, path: Path, *, manifest: ModelManif
     example = torch.zeros(2, manifest.crop_size, manifest.crop_size, len(manifest.channels))
     path = Path(path)
     with warnings.catch_warnings():
-        # Spatial size is fixed by the manifest, so traced pad sizes are constants by design.
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        # Spatial size is fixed by the manifest, so traced pad sizes are constants by design; the pad
+        # index juggling the exporter leaves unfolded is folded by ONNX Runtime at session start.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # type: ignore[attr-defined]
+        warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
+        # The TorchScript exporter is deprecated but, unlike the dynamo one, needs no onnxscript.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        warnings.filterwarnings(
+            "ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning
+        )
         torch.onnx.export(
             extractor,
             (example,),

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from cpcnn.errors import DownloadError
+from cpcnn.errors import ConflictError, DownloadError
 from cpcnn.store import ModelStore, StoredModel, cpcnn_home
 from model_export.importer import import_weights
 
@@ -88,7 +88,10 @@ def _offline(url: str, filename: str, name: str, exc: Exception) -> DownloadErro
 def _download_once(client: httpx.Client, remote: RemoteFile, part: Path, *, progress: bool) -> None:
     """One GET, resuming from ``part``'s size; transport errors propagate so the caller can retry."""
     offset = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    # identity: Range counts bytes of the stored file, not of a compressed transfer.
+    headers = {"Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
     with client.stream("GET", remote.url, headers=headers) as response:
         resumed = response.status_code == 206
         if response.status_code == 416 or (
@@ -111,7 +114,7 @@ def _download_once(client: httpx.Client, remote: RemoteFile, part: Path, *, prog
                 disable=not progress,
             ) as bar,
         ):
-            for chunk in response.iter_bytes(_CHUNK):
+            for chunk in response.iter_bytes():  # unbuffered: what arrived is on disk if the link drops
                 handle.write(chunk)
                 bar.update(len(chunk))
 
@@ -170,6 +173,9 @@ def fetch_cnn1(
     downloaded with the right checksum is not downloaded again.
     """
     url = record_url or os.environ.get(RECORD_URL_ENV) or DEFAULT_RECORD_URL
+    store = store if store is not None else ModelStore()
+    if not overwrite and name in store.names():
+        raise ConflictError(f"model {name!r} already exists in {store.root}; pass overwrite to replace it")
     folder = Path(download_dir) if download_dir is not None else cpcnn_home() / "downloads"
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / filename

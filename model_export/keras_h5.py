@@ -120,6 +120,15 @@ def _names(attr: object) -> list[str]:
     return [_text(v) for v in np.asarray(attr).ravel() if not isinstance(v, float | np.floating)]
 
 
+def _weight_names(group: h5py.Group) -> list[str]:
+    """Tensor paths inside a layer group: its ``weight_names`` attr, else every dataset below it."""
+    if "weight_names" in group.attrs:
+        return _names(group.attrs["weight_names"])
+    found: list[str] = []
+    group.visit(lambda name: found.append(name) if isinstance(group[name], h5py.Dataset) else None)
+    return found
+
+
 def _resolve_layer(group_name: str, weight_name: str, known: set[str]) -> str:
     """Layer a tensor belongs to: the group name for flat models, else the weight name's layer part.
 
@@ -149,14 +158,7 @@ def read_keras_h5(path: Path, *, known_layers: set[str] | None = None) -> list[F
                 layer_names = [k for k in root if isinstance(root[k], h5py.Group)]
             for layer_name in layer_names:
                 group = root[layer_name]
-                if "weight_names" in group.attrs:
-                    weight_names = _names(group.attrs["weight_names"])
-                else:
-                    weight_names = []
-                    group.visititems(
-                        lambda n, o, acc=weight_names: acc.append(n) if isinstance(o, h5py.Dataset) else None
-                    )
-                for weight_name in weight_names:
+                for weight_name in _weight_names(group):
                     param = weight_name.rsplit("/", 1)[-1].split(":", 1)[0]
                     layer = _resolve_layer(layer_name, weight_name, known)
                     array = np.asarray(group[weight_name], dtype=np.float32)
@@ -202,7 +204,9 @@ def state_dict_from_keras(tensors: list[FileTensor], net: nn.Module) -> dict[str
                 keras_want = to_keras_layout(np.empty(want), slot.kind).shape
                 misshaped[slot.torch_key] = f"{tensor.path} {tensor.array.shape} (expected {keras_want})"
     missing = [
-        s.keras_name for s in slots.values() if s.torch_key not in mapped and s.torch_key not in misshaped
+        f"{s.keras_name} ({s.torch_key})"
+        for s in slots.values()
+        if s.torch_key not in mapped and s.torch_key not in misshaped
     ]
     problems = []
     if misshaped:

@@ -9,6 +9,7 @@ batch norm uses epsilon 1e-3, activations are swish.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -104,7 +105,7 @@ class MBConv(nn.Module):
         """Squeeze-excite, projection and residual, given the block input and its activation."""
         se = act.mean(dim=(2, 3), keepdim=True)
         se = torch.sigmoid(self.se_expand(F.silu(self.se_reduce(se))))
-        x = self.project_bn(self.project_conv(act * se))
+        x: torch.Tensor = self.project_bn(self.project_conv(act * se))
         if self.spec.has_skip:
             x = _drop_path(x, self.drop_rate, self.training) + inputs
         return x
@@ -160,6 +161,7 @@ class EfficientNetB0(nn.Module):
         if layer == "stem_activation":
             return x
         for name, block in self.blocks.items():
+            block = cast(MBConv, block)
             act = block.activation(x)
             if layer == f"{name}_activation":
                 return act
@@ -176,7 +178,8 @@ class EfficientNetB0(nn.Module):
         """(N, C_in, H, W) -> (N, num_classes) logits; Keras ``ClassProb`` adds the softmax."""
         if self.class_prob is None:
             raise RuntimeError("this network was built with num_classes=0 and has no classification head")
-        return self.class_prob(self.embed(x, "pool5"))
+        logits: torch.Tensor = self.class_prob(self.embed(x, "pool5"))
+        return logits
 
 
 class FeatureExtractor(nn.Module):

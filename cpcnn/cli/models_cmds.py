@@ -15,7 +15,7 @@ from cpcnn._types import FEATURE_LAYER, NORMALIZATIONS
 from cpcnn.store import ModelStore
 
 TRAIN_EXTRA_HINT = "model import needs the 'train' extra: pip install 'cpcnn[train]'"
-_TRAIN_MODULES = ("torch", "onnx", "h5py")
+_TRAIN_MODULES = ("torch", "onnx", "h5py", "onnxruntime")
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
