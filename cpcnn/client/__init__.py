@@ -1,0 +1,50 @@
+"""Python SDK for the cpcnn embedding service (needs only httpx and numpy; pandas optional).
+
+    from cpcnn.client import Client
+    with Client("http://127.0.0.1:8000", api_key=None) as client:
+        cells = client.embed({"DNA": "dna.tif", "RNA": ..., "ER": ..., "AGP": ..., "Mito": ...},
+                             "nuclei.csv", metadata={"plate": "P1", "well": "A01", "site": "1"})
+"""
+
+from cpcnn.client._async import AsyncClient
+from cpcnn.client._base import RetryPolicy, Site
+from cpcnn.client._errors import (
+    ApiError,
+    BadRequest,
+    Conflict,
+    JobFailed,
+    JobTimeout,
+    NotFound,
+    PayloadTooLargeError,
+    ServerError,
+    ServiceUnavailable,
+    TransportError,
+    Unauthorized,
+    UnsupportedMediaError,
+)
+from cpcnn.client._sync import Client
+
+__all__ = [
+    "ApiError",
+    "AsyncClient",
+    "BadRequest",
+    "Client",
+    "Conflict",
+    "JobFailed",
+    "JobTimeout",
+    "NotFound",
+    "PayloadTooLargeError",
+    "RetryPolicy",
+    "ServerError",
+    "ServiceUnavailable",
+    "Site",
+    "TransportError",
+    "Unauthorized",
+    "UnsupportedMediaError",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("cpcnn.client."):
+        _obj.__module__ = "cpcnn.client"
+del _name, _obj

@@ -1,0 +1,179 @@
+"""``AsyncClient``: the asyncio SDK, method for method the same as ``Client``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from cpcnn.client._base import (
+    BaseClient,
+    ImagesInput,
+    ResultFormat,
+    RetryPolicy,
+    Site,
+    Upload,
+    concat_tables,
+    is_retryable,
+)
+from cpcnn.client._errors import JobTimeout, TransportError
+from cpcnn.client._progress import progress_bar
+from cpcnn.schemas import Health, JobPublic, ModelList, ModelPublic, Readiness
+
+_LONG_POLL_S = 30.0
+
+
+class AsyncClient(BaseClient):
+    """``async with AsyncClient(url, api_key=...) as client: df = await client.embed(...)``."""
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000",
+        *,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        retry: RetryPolicy | int | None = None,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(url, api_key=api_key, timeout=timeout, retry=retry, headers=headers)
+        self._http = httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=self.timeout,
+                                       transport=transport)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def embed(
+        self,
+        images: ImagesInput,
+        locations: Any = None,
+        metadata: Mapping[str, str] | None = None,
+        model: str | None = None,
+        *,
+        detect_nuclei: bool = False,
+        normalization: str | None = None,
+        channel_order: Sequence[str] | str | None = None,
+        timeout: float = 600.0,
+    ) -> Any:
+        """See ``Client.embed``."""
+        job = await self.submit(images, locations, metadata, model, detect_nuclei=detect_nuclei,
+                                normalization=normalization, channel_order=channel_order,
+                                wait=min(timeout, _LONG_POLL_S))
+        job = await self.wait(job.id, timeout=timeout) if not job.status.finished else self.check_finished(job)
+        return await self.result(job.id)
+
+    async def embed_many(
+        self,
+        sites: Iterable[Site | Mapping[str, Any]],
+        *,
+        model: str | None = None,
+        detect_nuclei: bool = False,
+        normalization: str | None = None,
+        max_in_flight: int = 4,
+        progress: bool | None = None,
+        timeout: float = 600.0,
+    ) -> Any:
+        """See ``Client.embed_many``; sites run concurrently, rows come back in site order."""
+        resolved = [s if isinstance(s, Site) else Site(**s) for s in sites]
+        gate = asyncio.Semaphore(max_in_flight)
+        with progress_bar(len(resolved), progress) as bar:
+
+            async def one(site: Site) -> Any:
+                async with gate:
+                    table = await self.embed(site.images, site.locations, site.metadata, model,
+                                             detect_nuclei=detect_nuclei, normalization=normalization,
+                                             channel_order=site.channel_order, timeout=timeout)
+                bar.update(1)
+                return table
+
+            tables = await asyncio.gather(*(one(site) for site in resolved))
+        return concat_tables(tables)
+
+    async def submit(
+        self,
+        images: ImagesInput,
+        locations: Any = None,
+        metadata: Mapping[str, str] | None = None,
+        model: str | None = None,
+        *,
+        detect_nuclei: bool = False,
+        normalization: str | None = None,
+        channel_order: Sequence[str] | str | None = None,
+        wait: float = 0.0,
+    ) -> JobPublic:
+        """See ``Client.submit``."""
+        upload = self.build_upload(images, locations, metadata, model, detect_nuclei=detect_nuclei,
+                                   normalization=normalization, channel_order=channel_order)
+        return self.parse_job(await self._send("POST", "/v1/jobs", params={"wait": wait}, upload=upload))
+
+    async def job(self, job_id: str, *, wait: float = 0.0) -> JobPublic:
+        return self.parse_job(await self._send("GET", f"/v1/jobs/{job_id}", params={"wait": wait}))
+
+    async def wait(self, job_id: str, *, timeout: float = 600.0) -> JobPublic:
+        """See ``Client.wait``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            job = await self.job(job_id, wait=max(0.0, min(remaining, _LONG_POLL_S)))
+            if job.status.finished:
+                return self.check_finished(job)
+            if time.monotonic() >= deadline:
+                raise JobTimeout(f"job {job_id} is still {job.status.value} after {timeout:g} s", job_id=job_id)
+
+    async def result(self, job_id: str, *, format: ResultFormat = "table") -> Any:
+        params, accept = self.result_request(format)
+        response = await self._send("GET", f"/v1/jobs/{job_id}/result", params=params, headers={"Accept": accept})
+        return self.parse_result(response, format)
+
+    async def delete(self, job_id: str) -> None:
+        await self._send("DELETE", f"/v1/jobs/{job_id}")
+
+    async def models(self) -> list[ModelPublic]:
+        return ModelList.model_validate_json((await self._send("GET", "/v1/models")).content).data
+
+    async def model(self, name: str) -> ModelPublic:
+        return ModelPublic.model_validate_json((await self._send("GET", f"/v1/models/{name}")).content)
+
+    async def health(self) -> Health:
+        return Health.model_validate_json((await self._send("GET", "/healthz")).content)
+
+    async def ready(self) -> Readiness:
+        response = await self._http.get("/readyz")
+        if response.status_code not in (200, 503):
+            self.raise_for_status(response)
+        return Readiness.model_validate_json(response.content)
+
+    async def _send(
+        self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None, upload: Upload | None = None,
+    ) -> httpx.Response:
+        attempt = 0
+        while True:
+            attempt += 1
+            response: httpx.Response | None = None
+            error: httpx.TransportError | None = None
+            try:
+                request = self._http.build_request(
+                    method, path, params=params, headers=headers,
+                    files=upload.files if upload else None, data=upload.data if upload else None,
+                )
+                response = await self._http.send(request)
+                self.log_request(request, response)
+            except httpx.TransportError as exc:
+                error = exc
+            if not is_retryable(error, response) or attempt >= self.retry.attempts:
+                if error is not None:
+                    raise TransportError(f"{method} {self.url}{path} failed: {error}") from error
+                assert response is not None
+                self.raise_for_status(response)
+                return response
+            await asyncio.sleep(self.retry.delay(attempt, response.headers.get("Retry-After") if response else None))

@@ -1,0 +1,1 @@
+"""HTTP layer: ``create_app(settings)`` builds the FastAPI application."""

@@ -1,0 +1,13 @@
+"""One router per resource. Versioned routers are mounted under ``/v1`` in order; add new ones here."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.app.routes import health, jobs, models
+
+#: Resource routers served under /v1 (a new resource = one module + one entry).
+V1_ROUTERS: list[APIRouter] = [jobs.router, models.router]
+
+#: Unversioned operational endpoints (/healthz, /readyz, /metrics).
+ROOT_ROUTERS: list[APIRouter] = [health.router]

@@ -1,0 +1,58 @@
+"""Liveness, readiness and Prometheus metrics; health endpoints never need the API key."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.concurrency import run_in_threadpool
+
+from cpcnn import __version__
+from cpcnn.errors import UnavailableError
+from cpcnn.schemas import Health, Readiness
+from service.app.deps import ServiceDep, ServiceState, require_api_key
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health, summary="The process is up")
+async def healthz() -> Health:
+    return Health(version=__version__)
+
+
+@router.get("/readyz", response_model=Readiness, summary="Ready to embed",
+            responses={503: {"model": Readiness, "description": "not ready; `reasons` says why"}})
+async def readyz(service: ServiceDep) -> JSONResponse:
+    readiness = await run_in_threadpool(check_ready, service)
+    return JSONResponse(readiness.model_dump(mode="json"), status_code=200 if readiness.ready else 503)
+
+
+def check_ready(service: ServiceState) -> Readiness:
+    """Ready when the queue answers and a worker has the default model loaded and warmed."""
+    model = service.settings.default_model
+    kind: Literal["embedded", "redis"] = "embedded" if service.queue.kind == "embedded" else "redis"
+    try:
+        depth = service.queue.depth()
+        workers = service.queue.workers()
+    except UnavailableError as exc:
+        return Readiness(ready=False, queue=kind, queue_reachable=False, reasons=[str(exc)])
+    reasons = []
+    if not any(model in w.models and w.warmed for w in workers):
+        load_error = getattr(service.queue, "load_error", None)
+        reasons.append(load_error or f"no worker has model {model!r} loaded and warmed yet")
+    return Readiness(ready=not reasons, queue=kind, queue_reachable=True, queue_depth=depth, workers=workers,
+                     reasons=reasons)
+
+
+async def _metrics_auth(request: Request, service: ServiceDep) -> None:
+    if not service.settings.metrics_public:
+        require_api_key(service.settings, request.headers.get("x-api-key"))
+
+
+@router.get("/metrics", summary="Prometheus metrics", dependencies=[Depends(_metrics_auth)],
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "text exposition format"}})
+async def metrics(service: ServiceDep) -> Response:
+    body = await run_in_threadpool(service.metrics.render)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

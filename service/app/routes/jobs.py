@@ -1,0 +1,232 @@
+"""Embedding jobs: submit (202 + Location), status, result by content negotiation, delete."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile as StarletteUploadFile
+
+from cpcnn._types import CHANNELS
+from cpcnn.errors import (
+    ConflictError,
+    InputError,
+    NotFoundError,
+    PayloadTooLarge,
+    UnavailableError,
+    UnsupportedMedia,
+)
+from cpcnn.manifest import ModelManifest
+from cpcnn.schemas import (
+    MEDIA_JSON,
+    MEDIA_NPY,
+    MEDIA_PARQUET,
+    RESULT_FORMATS,
+    CellsResult,
+    JobPublic,
+    JobStatus,
+)
+from service.app.deps import ApiKeyDep, ServiceDep, ServiceState
+from service.app.intake import Submission, job_id_for, prepare, site_metadata
+from service.app.problems import problem_responses
+from service.app.results import negotiate, parquet_bytes
+from service.storage import check_job_id
+
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[ApiKeyDep])
+
+#: Longest a submit may block with ``wait`` (seconds).
+MAX_WAIT_S = 300.0
+_FILE_PARTS = {*CHANNELS, "image", "locations"}
+_FORM_FIELDS = {"channel_order", "plate", "well", "site", "model", "normalization", "detect_nuclei"}
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobPublic,
+    summary="Submit one field of view for embedding",
+    responses={200: {"model": JobPublic, "description": "the job finished within `wait`"},
+               **problem_responses(400, 401, 413, 415, 422, 503)},
+)
+async def create_job(
+    request: Request,
+    response: Response,
+    service: ServiceDep,
+    dna: Annotated[UploadFile | None, File(alias="DNA", description="DNA channel (e.g. Hoechst): TIFF or PNG")] = None,
+    rna: Annotated[UploadFile | None, File(alias="RNA", description="RNA channel (e.g. SYTO14): TIFF or PNG")] = None,
+    er: Annotated[UploadFile | None, File(alias="ER", description="ER channel (concanavalin A): TIFF or PNG")] = None,
+    agp: Annotated[UploadFile | None, File(alias="AGP", description="AGP channel (phalloidin + WGA): TIFF or PNG")] = None,
+    mito: Annotated[UploadFile | None, File(alias="Mito", description="Mito channel (MitoTracker): TIFF or PNG")] = None,
+    image: Annotated[UploadFile | None, File(description="all channels in one multi-page or 3-D TIFF")] = None,
+    channel_order: Annotated[str | None, Form(description="planes of `image` as stored, e.g. DNA,RNA,ER,AGP,Mito")] = None,
+    locations: Annotated[UploadFile | str | None, File(description="nuclei CSV (Nuclei_Location_Center_X/Y) or JSON")] = None,
+    plate: Annotated[str, Form(max_length=256)] = "",
+    well: Annotated[str, Form(max_length=256)] = "",
+    site: Annotated[str, Form(max_length=256)] = "",
+    model: Annotated[str | None, Form(description="model name; the server's default when omitted")] = None,
+    normalization: Annotated[Literal["minmax", "minmax_paper"] | None, Form()] = None,
+    detect_nuclei: Annotated[bool, Form(description="find nuclei on the DNA channel when no locations are sent")] = False,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="block up to this many seconds for the result")] = 0,
+) -> JobPublic:
+    settings = service.settings
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise UnsupportedMedia(f"submit jobs as multipart/form-data, not {content_type or 'an untyped body'}")
+    form = await request.form()
+    unknown = sorted(k for k in form if k not in _FILE_PARTS | _FORM_FIELDS)
+    if unknown:
+        raise InputError(f"unknown form part(s) {', '.join(unknown)}; channels are {', '.join(CHANNELS)}")
+    parts = {"DNA": dna, "RNA": rna, "ER": er, "AGP": agp, "Mito": mito}
+    sub = Submission(
+        model=model or settings.default_model,
+        channels={name: await _read_part(part, name, settings.limits.max_part_bytes)
+                  for name, part in parts.items() if part is not None},
+        stack=await _read_part(image, "image", settings.limits.max_part_bytes) if image is not None else None,
+        channel_order=channel_order,
+        locations=await _read_locations(locations, settings.limits.max_part_bytes),
+        metadata=site_metadata(plate, well, site),
+        normalization=normalization,
+        detect_nuclei=detect_nuclei,
+    )
+    try:
+        manifest = service.models.get(sub.model).manifest
+    except (NotFoundError, InputError) as exc:
+        raise InputError(f"unknown model {sub.model!r}: {exc}") from exc
+    job_id = await run_in_threadpool(job_id_for, sub)
+    if not _reuse_existing(service, job_id):
+        await _create(service, sub, job_id, manifest)
+    response.headers["Location"] = f"/v1/jobs/{job_id}"
+    job = await _wait(service, job_id, wait)
+    if job.status.finished:
+        response.status_code = 200
+    return job
+
+
+@router.get("/{job_id}", response_model=JobPublic, summary="Job status", responses=problem_responses(401, 404))
+async def get_job(
+    job_id: str,
+    service: ServiceDep,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="block up to this many seconds until it finishes")] = 0,
+) -> JobPublic:
+    await run_in_threadpool(service.jobs.public, check_job_id(job_id))
+    return await _wait(service, job_id, wait)
+
+
+@router.get(
+    "/{job_id}/result",
+    summary="Job result: JSON, Parquet or .npy (Accept header or ?format=)",
+    response_model=CellsResult,
+    responses={
+        200: {"content": {MEDIA_PARQUET: {"schema": {"type": "string", "format": "binary"}},
+                          MEDIA_NPY: {"schema": {"type": "string", "format": "binary"}}},
+              "description": "one row per cell, in location order"},
+        **problem_responses(401, 404, 406),
+        409: problem_responses(422)[422] | {"description": "the job has not succeeded (yet)"},
+    },
+)
+async def get_result(
+    job_id: str,
+    request: Request,
+    service: ServiceDep,
+    format: Annotated[Literal["json", "parquet", "npy"] | None, Query(description="overrides Accept")] = None,
+) -> Response:
+    job = await run_in_threadpool(service.jobs.public, check_job_id(job_id))
+    if job.status == JobStatus.FAILED:
+        detail = job.error.detail if job.error else "unknown error"
+        raise ConflictError(f"job {job_id} failed: {detail}")
+    if job.status != JobStatus.SUCCEEDED:
+        raise ConflictError(f"job {job_id} is {job.status.value}; poll GET /v1/jobs/{job_id} until it has succeeded")
+    media = RESULT_FORMATS[format] if format else negotiate(request.headers.get("accept"))
+    manifest_prefix = await run_in_threadpool(_feature_prefix, service, job.model)
+    if media == MEDIA_NPY:
+        return FileResponse(service.jobs.features_path(job_id), media_type=MEDIA_NPY,
+                            filename=f"{job_id}-features.npy")
+    features, centers = await run_in_threadpool(service.jobs.load_result, job_id)
+    if media == MEDIA_PARQUET:
+        body = await run_in_threadpool(parquet_bytes, features, centers, job, manifest_prefix)
+        return Response(body, media_type=MEDIA_PARQUET,
+                        headers={"Content-Disposition": f'attachment; filename="{job_id}-cells.parquet"'})
+    result = CellsResult(
+        job_id=job_id, model=job.model, feature_prefix=manifest_prefix, metadata=job.metadata,
+        n_cells=int(features.shape[0]), feature_size=int(features.shape[1]),
+        locations=[(float(x), float(y)) for x, y in centers], features=features.tolist(),
+    )
+    return Response(result.model_dump_json(), media_type=MEDIA_JSON)
+
+
+@router.delete("/{job_id}", status_code=204, summary="Delete a job and its files",
+               responses=problem_responses(401, 404) | {409: {"description": "the job is running"}})
+async def delete_job(job_id: str, service: ServiceDep) -> Response:
+    job = await run_in_threadpool(service.jobs.public, check_job_id(job_id))
+    if job.status == JobStatus.RUNNING:
+        raise ConflictError(f"job {job_id} is running; delete it once it has finished")
+    if job.status == JobStatus.QUEUED:
+        await run_in_threadpool(service.queue.cancel, job_id, model=job.model)
+    await run_in_threadpool(service.jobs.delete, job_id)
+    return Response(status_code=204)
+
+
+async def _read_part(part: UploadFile, name: str, limit: int) -> bytes:
+    if part.size is not None and part.size > limit:
+        raise PayloadTooLarge(f"part {name} is {part.size} bytes, over the per-part limit of {limit}")
+    data = await part.read()
+    if len(data) > limit:
+        raise PayloadTooLarge(f"part {name} is {len(data)} bytes, over the per-part limit of {limit}")
+    return data
+
+
+async def _read_locations(locations: UploadFile | str | None, limit: int) -> bytes | None:
+    if locations is None:
+        return None
+    if isinstance(locations, StarletteUploadFile):
+        return await _read_part(locations, "locations", limit)
+    return str(locations).encode()
+
+
+def _feature_prefix(service: ServiceState, model: str) -> str:
+    try:
+        return service.models.get(model).manifest.feature_prefix
+    except NotFoundError:
+        return "efficientnet"
+
+
+def _reuse_existing(service: ServiceState, job_id: str) -> bool:
+    """The same upload again: keep the job unless it failed (then it is recomputed)."""
+    if not service.jobs.exists(job_id):
+        return False
+    if service.jobs.state(job_id).status != JobStatus.FAILED:
+        return True
+    service.jobs.delete(job_id)
+    return False
+
+
+async def _create(service: ServiceState, sub: Submission, job_id: str, manifest: ModelManifest) -> None:
+    settings = service.settings
+    depth = await run_in_threadpool(service.queue.depth, sub.model)
+    if depth >= settings.queue.max_depth:
+        raise UnavailableError(
+            f"{depth} jobs are waiting, at the limit of {settings.queue.max_depth}; retry later",
+            retry_after_s=settings.queue.retry_after_s,
+        )
+    spec, pixels, centers = await run_in_threadpool(prepare, sub, job_id, manifest, settings.limits)
+    if not await run_in_threadpool(service.jobs.create, spec, pixels, centers):
+        return  # an identical request created it a moment ago
+    try:
+        await run_in_threadpool(service.queue.enqueue, job_id, model=sub.model)
+    except BaseException:
+        service.jobs.delete(job_id)  # never leave a job on disk that no queue knows about
+        raise
+
+
+async def _wait(service: ServiceState, job_id: str, wait_s: float) -> JobPublic:
+    deadline = time.monotonic() + wait_s
+    delay = 0.005
+    while True:
+        job = await run_in_threadpool(service.jobs.public, job_id)
+        if job.status.finished or time.monotonic() >= deadline:
+            return job
+        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 1.5, 0.1)

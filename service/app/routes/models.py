@@ -1,0 +1,29 @@
+"""Models in the store: what each expects (channels, crop, normalization) and produces."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from cpcnn.errors import InputError, NotFoundError
+from cpcnn.schemas import ModelList, ModelPublic
+from service.app.deps import ApiKeyDep, ServiceDep
+from service.app.problems import problem_responses
+
+router = APIRouter(prefix="/models", tags=["models"], dependencies=[ApiKeyDep])
+
+
+@router.get("", response_model=ModelList, summary="List models", responses=problem_responses(401))
+async def list_models(service: ServiceDep) -> ModelList:
+    manifests = await run_in_threadpool(service.models.list)
+    data = [ModelPublic.from_manifest(m) for m in manifests]
+    return ModelList(data=data, count=len(data))
+
+
+@router.get("/{name}", response_model=ModelPublic, summary="One model", responses=problem_responses(401, 404))
+async def get_model(name: str, service: ServiceDep) -> ModelPublic:
+    try:
+        stored = await run_in_threadpool(service.models.get, name)
+    except InputError as exc:  # an impossible name cannot exist
+        raise NotFoundError(str(exc)) from exc
+    return ModelPublic.from_manifest(stored.manifest)

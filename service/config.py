@@ -1,0 +1,112 @@
+"""Service settings: one pydantic-settings class per process, built from shared sub-models.
+
+Sources, highest priority first: keyword arguments (the CLI), ``CPCNN_*`` environment variables
+(nested with ``__``, e.g. ``CPCNN_LIMITS__MAX_UPLOAD_BYTES``), Docker secrets in ``/run/secrets``,
+defaults. Nothing is read at import time: call ``ApiSettings()`` or ``WorkerSettings()``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cpcnn.store import DEFAULT_MODEL, ModelStore, cpcnn_home
+
+SECRETS_DIR = Path("/run/secrets")
+_PLACEHOLDER_KEYS = {"changeme", "changethis", "secret", "apikey", "api-key"}
+
+
+class Limits(BaseModel):
+    """What one upload may contain; larger requests get 413, before any pixel is decoded."""
+
+    max_upload_bytes: int = Field(default=512 * 2**20, gt=0)
+    max_part_bytes: int = Field(default=256 * 2**20, gt=0)
+    max_pixels: int = Field(default=25_000_000, gt=0, description="per channel")
+    max_cells: int = Field(default=50_000, gt=0)
+
+
+class QueueSettings(BaseModel):
+    """Queue behaviour shared by the API (enqueue, backpressure) and the workers."""
+
+    name: str = "cpcnn-embed"
+    max_depth: int = Field(default=1000, gt=0, description="queued jobs above which submit answers 503")
+    retry_after_s: int = Field(default=5, gt=0)
+    retries: int = Field(default=2, ge=0, description="re-runs after a crash or a killed worker")
+    job_timeout_s: int = Field(default=900, gt=0)
+    rq_result_ttl_s: int = Field(default=0, ge=0, description="RQ keeps finished jobs this long; results live on disk")
+    data_ttl_s: int = Field(default=7 * 86400, gt=0, description="finished jobs are pruned after this")
+
+
+class WorkerTuning(BaseModel):
+    """How a worker runs the model: device, batch shape and concurrency."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(default=None, gt=0)
+    max_batch: int | None = Field(default=None, gt=0, description="cells per ONNX Runtime call")
+    max_wait_ms: float = Field(default=20.0, ge=0, description="wait this long for other jobs' cells")
+    slots: int = Field(default=4, gt=0, description="jobs prepared concurrently per worker process")
+    heartbeat_s: int = Field(default=5, gt=0)
+    maintenance_s: int = Field(default=60, gt=0, description="how often abandoned jobs are requeued")
+
+
+class _Common(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CPCNN_", env_nested_delimiter="__", extra="ignore")
+
+    env: Literal["dev", "prod"] = "prod"
+    redis_url: str | None = None
+    data_dir: Path | None = None
+    models_dir: Path | None = None
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+    worker: WorkerTuning = Field(default_factory=WorkerTuning)
+
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir if self.data_dir is not None else cpcnn_home() / "service"
+
+    def model_store(self) -> ModelStore:
+        return ModelStore(self.models_dir)
+
+
+class ApiSettings(_Common):
+    """``cpcnn serve``: without ``redis_url`` the API runs its own in-process worker."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    default_model: str = DEFAULT_MODEL
+    api_key: SecretStr | None = None
+    metrics_public: bool = Field(default=False, description="serve /metrics without the API key")
+    limits: Limits = Field(default_factory=Limits)
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_key(self) -> ApiSettings:
+        if self.api_key is not None:
+            key = self.api_key.get_secret_value()
+            if not key:
+                self.api_key = None
+            elif self.env != "dev" and (key.lower() in _PLACEHOLDER_KEYS or len(key) < 16):
+                raise ValueError("CPCNN_API_KEY is a placeholder or shorter than 16 characters; set a real key")
+        return self
+
+
+class WorkerSettings(_Common):
+    """``cpcnn worker``: one model per process, fed from that model's queue."""
+
+    model: str = DEFAULT_MODEL
+    name: str | None = None
+    burst: bool = False
+
+    @model_validator(mode="after")
+    def _need_redis(self) -> WorkerSettings:
+        if not self.redis_url:
+            raise ValueError("a worker needs CPCNN_REDIS_URL (or --redis-url); 'cpcnn serve' alone needs none")
+        return self
+
+
+def load_settings(cls: type[_Common], **overrides: Any) -> Any:
+    """Settings from overrides > env > Docker secrets > defaults; ``None`` overrides are dropped."""
+    kwargs = {key: value for key, value in overrides.items() if value is not None}
+    if SECRETS_DIR.is_dir():
+        kwargs["_secrets_dir"] = SECRETS_DIR
+    return cls(**kwargs)
