@@ -15,6 +15,7 @@ import torch
 
 from cpcnn.errors import InputError
 from cpcnn.manifest import ONNX_METADATA_KEY, ModelManifest
+from model_export.simplify import simplify
 from training.net import FeatureExtractor
 
 #: Highest opset the TorchScript exporter of torch 2.x handles without onnxscript.
@@ -46,7 +47,7 @@ def export_onnx(extractor: FeatureExtractor, path: Path, *, manifest: ModelManif
     path = Path(path)
     with warnings.catch_warnings():
         # Spatial size is fixed by the manifest, so traced pad sizes are constants by design; the pad
-        # index juggling the exporter leaves unfolded is folded by ONNX Runtime at session start.
+        # index juggling the exporter leaves unfolded is folded by simplify() below.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # type: ignore[attr-defined]
         warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
         # The TorchScript exporter is deprecated but, unlike the dynamo one, needs no onnxscript.
@@ -65,7 +66,7 @@ def export_onnx(extractor: FeatureExtractor, path: Path, *, manifest: ModelManif
             do_constant_folding=True,
             dynamo=False,
         )
-    model = onnx.load(str(path))
+    model = simplify(onnx.load(str(path)))
     model.doc_string = f"cpcnn {manifest.name}: {manifest.feature_layer} features ({manifest.feature_size})"
     onnx.helper.set_model_props(model, manifest_metadata(manifest))
     onnx.checker.check_model(model, full_check=True)

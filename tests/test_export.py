@@ -141,3 +141,16 @@ def test_models_import_without_train_extra(
     assert (
         capsys.readouterr().err.strip() == "model import needs the 'train' extra: pip install 'cpcnn[train]'"
     )
+
+
+def test_exported_graph_has_pads_folded_into_convolutions(exported: Path) -> None:
+    """TF 'same' pads live in Conv attributes: no Pad node, and SE squeezes are GlobalAveragePool."""
+    ops = [node.op_type for node in onnx.load(str(exported)).graph.node]
+    assert "Pad" not in ops
+    assert ops.count("GlobalAveragePool") >= 10
+    strided = [
+        node for node in onnx.load(str(exported)).graph.node
+        if node.op_type == "Conv" and any(a.name == "strides" and list(a.ints) == [2, 2] for a in node.attribute)
+    ]
+    pads = [next(list(a.ints) for a in node.attribute if a.name == "pads") for node in strided]
+    assert [0, 0, 1, 1] in pads and [1, 1, 2, 2] in pads  # (top, left, bottom, right) as TensorFlow pads

@@ -103,7 +103,9 @@ class MBConv(nn.Module):
 
     def finish(self, inputs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         """Squeeze-excite, projection and residual, given the block input and its activation."""
-        se = act.mean(dim=(2, 3), keepdim=True)
+        # Global average pooling (not mean over dims) exports as GlobalAveragePool, which ONNX Runtime
+        # runs in its blocked CPU layout; a ReduceMean would force two layout reorders per block.
+        se = F.adaptive_avg_pool2d(act, 1)
         se = torch.sigmoid(self.se_expand(F.silu(self.se_reduce(se))))
         x: torch.Tensor = self.project_bn(self.project_conv(act * se))
         if self.spec.has_skip:
