@@ -24,12 +24,12 @@ MINMAX_EPSILON = np.float32(1e-7)
 class AxisSamples:
     """Where the B output samples of each cell fall along one image axis.
 
-    ``low``/``high`` (N, B) int64: neighbouring pixel indices, clipped into the image;
-    ``weight`` (N, B) float32: interpolation weight of ``high``; ``valid`` (N, B) bool: inside the image.
+    ``floor`` (N, B) int64: pixel index at or below each sample (may lie outside the image);
+    ``weight`` (N, B) float32: interpolation weight of pixel ``floor + 1``;
+    ``valid`` (N, B) bool: the sample lies inside the image (TensorFlow's extrapolation test).
     """
 
-    low: I64Array
-    high: I64Array
+    floor: I64Array
     weight: F32Array
     valid: np.ndarray
 
@@ -49,10 +49,10 @@ def axis_samples(centers: F64Array, size_px: int, *, crop_size: int = CROP_SIZE)
     positions = lo[:, None] * np.float32(size_px - 1) + steps[None, :] * scale[:, None]
     valid = (positions >= 0) & (positions <= np.float32(size_px - 1))
     floor = np.floor(positions)
+    # TensorFlow interpolates between floor and ceil; where they coincide the weight is exactly 0,
+    # so interpolating towards floor + 1 instead gives bit-identical values.
     weight = (positions - floor).astype(np.float32)
-    low = np.clip(floor, 0, size_px - 1).astype(np.int64)
-    high = np.clip(np.ceil(positions), 0, size_px - 1).astype(np.int64)
-    return AxisSamples(low=low, high=high, weight=weight, valid=valid)
+    return AxisSamples(floor=floor.astype(np.int64), weight=weight, valid=valid)
 
 
 def check_boxes_overlap(centers: F64Array, height: int, width: int, *, crop_size: int = CROP_SIZE) -> None:
@@ -95,46 +95,84 @@ def crop_cells(
     check_boxes_overlap(centers, height, width, crop_size=crop_size)
     ys = axis_samples(centers[:, 1], height, crop_size=crop_size)
     xs = axis_samples(centers[:, 0], width, crop_size=crop_size)
-    image = np.ascontiguousarray(image, dtype=np.float32)
+    image = np.asarray(image, dtype=np.float32)
+    partial = ~(ys.valid.all(axis=1) & xs.valid.all(axis=1))
+    y_runs, x_runs = _runs(ys.floor), _runs(xs.floor)
 
-    # Columns first (as TensorFlow does): for every cell, interpolate the rows it needs along x.
-    # A cell's row samples span at most B+1 consecutive pixel rows starting at ys.low[:, 0].
-    span = crop_size + 2
-    row_start = ys.low[:, 0]
-    row_index = np.minimum(row_start[:, None] + np.arange(span)[None, :], height - 1)  # (N, span)
-    flat = image.reshape(height * width, n_channels)
-    base = row_index[:, :, None] * width  # (N, span, 1)
-    rows = _lerp(
-        np.take(flat, base + xs.low[:, None, :], axis=0),  # (N, span, B, C)
-        np.take(flat, base + xs.high[:, None, :], axis=0),
-        xs.weight[:, None, :, None],
-    )
-
-    # Then rows: pick the top and bottom x-interpolated rows of every output row, as whole blocks.
-    block = rows.reshape(n_cells * span, crop_size * n_channels)
-    local = (np.arange(n_cells) * span - row_start)[:, None]
-    shape = (n_cells, crop_size, crop_size, n_channels)
-    crops = _lerp(
-        np.take(block, (local + ys.low).ravel(), axis=0).reshape(shape),
-        np.take(block, (local + ys.high).ravel(), axis=0).reshape(shape),
-        ys.weight[:, :, None, None],
-    )
-
-    partial = np.flatnonzero(~(ys.valid.all(axis=1) & xs.valid.all(axis=1)))
-    if partial.size:
-        inside = ys.valid[partial, :, None] & xs.valid[partial, None, :]
-        crops[partial] *= inside[..., None]
+    # One cell at a time keeps the ~0.3 MB working set in the CPU cache: streaming whole-batch
+    # passes over N x B x B x C floats costs several times more than the per-cell call overhead.
+    # Arrays are viewed as (rows, columns * C) so every inner loop runs over contiguous memory.
+    plane = image.reshape(height, width * n_channels)
+    x_weight = np.repeat(xs.weight, n_channels, axis=1)  # (N, B * C)
+    crops = np.empty((n_cells, crop_size, crop_size * n_channels), np.float32)
+    rows = np.empty((crop_size + 2, crop_size * n_channels), np.float32)
+    for cell in range(n_cells):
+        top, left = int(ys.floor[cell, 0]), int(xs.floor[cell, 0])
+        window = _window(
+            plane, n_channels, top, int(ys.floor[cell, -1]) + 2, left, int(xs.floor[cell, -1]) + 2
+        )
+        n_rows = window.shape[0]
+        # Columns first, as TensorFlow does: every window row interpolated along x ...
+        for start, end, pixel in x_runs[cell]:
+            a, b, p = start * n_channels, end * n_channels, (pixel - left) * n_channels
+            _lerp_into(
+                rows[:n_rows, a:b],
+                window[:, p : p + b - a],
+                window[:, p + n_channels : p + n_channels + b - a],
+                x_weight[cell, a:b],
+            )
+        # ... then those rows interpolated along y.
+        for start, end, pixel in y_runs[cell]:
+            p = pixel - top
+            _lerp_into(
+                crops[cell, start:end],
+                rows[p : p + end - start],
+                rows[p + 1 : p + 1 + end - start],
+                ys.weight[cell, start:end, None],
+            )
+    crops = crops.reshape(n_cells, crop_size, crop_size, n_channels)
+    for cell in np.flatnonzero(partial):
+        crops[cell] *= (ys.valid[cell, :, None] & xs.valid[cell, None, :])[..., None]
     if normalization is not None:
-        normalize_crops(crops, normalization, out=crops)
+        for cell in range(n_cells):
+            normalize_crops(crops[cell : cell + 1], normalization, out=crops[cell : cell + 1])
     return crops
 
 
-def _lerp(low: F32Array, high: F32Array, weight: F32Array) -> F32Array:
-    """``low + (high - low) * weight`` in place in ``low`` (TensorFlow's operation order)."""
-    high -= low
-    high *= weight
-    low += high
-    return low
+def _runs(floor: I64Array) -> list[list[tuple[int, int, int]]]:
+    """(N, B) sample floors -> per cell, runs (out_start, out_end, first_pixel) of consecutive pixels.
+
+    The crop scale is just above 1, so a row of 128 samples is two runs: one pixel is skipped.
+    """
+    breaks = np.diff(floor, axis=1) != 1
+    runs = []
+    for cell in range(floor.shape[0]):
+        edges = [0, *(np.flatnonzero(breaks[cell]) + 1).tolist(), floor.shape[1]]
+        runs.append([(a, b, int(floor[cell, a])) for a, b in zip(edges[:-1], edges[1:], strict=True)])
+    return runs
+
+
+def _window(plane: F32Array, n_channels: int, top: int, bottom: int, left: int, right: int) -> F32Array:
+    """(H, W * C) image rows [top, bottom) x pixels [left, right): a view, or a zero-padded copy where
+    the window leaves the image (border cells)."""
+    height, width = plane.shape[0], plane.shape[1] // n_channels
+    if top >= 0 and left >= 0 and bottom <= height and right <= width:
+        return plane[top:bottom, left * n_channels : right * n_channels]
+    window = np.zeros((bottom - top, (right - left) * n_channels), np.float32)
+    y0, y1 = max(top, 0), min(bottom, height)
+    x0, x1 = max(left, 0), min(right, width)
+    if y0 < y1 and x0 < x1:
+        window[y0 - top : y1 - top, (x0 - left) * n_channels : (x1 - left) * n_channels] = plane[
+            y0:y1, x0 * n_channels : x1 * n_channels
+        ]
+    return window
+
+
+def _lerp_into(out: F32Array, low: F32Array, high: F32Array, weight: F32Array) -> None:
+    """``out = low + (high - low) * weight`` in TensorFlow's operation order, without temporaries."""
+    np.subtract(high, low, out=out)
+    out *= weight
+    out += low
 
 
 def normalize_crops(crops: F32Array, method: Normalization, *, out: F32Array | None = None) -> F32Array:
@@ -148,23 +186,26 @@ def normalize_crops(crops: F32Array, method: Normalization, *, out: F32Array | N
     ``minmax_paper``: releases used for the paper, ``(x - min) / max``; a channel whose max is 0 is 0.
     """
     n_cells, side, _, n_channels = crops.shape
-    # Reduce whole contiguous rows first (fast, vectorized), then the short remainder.
+    # Reduce whole contiguous rows first (fast, vectorized), then the short remainder; apply the
+    # per-channel statistics tiled along the row so inner loops stay contiguous.
     rows = crops.reshape(n_cells, side, side * n_channels)
-    low = rows.min(axis=1).reshape(n_cells, 1, side, n_channels).min(axis=2, keepdims=True)
-    high = rows.max(axis=1).reshape(n_cells, 1, side, n_channels).max(axis=2, keepdims=True)
+    low = rows.min(axis=1).reshape(n_cells, side, n_channels).min(axis=1)
+    high = rows.max(axis=1).reshape(n_cells, side, n_channels).max(axis=1)
     if method == "minmax":
         denominator = high - (low - MINMAX_EPSILON)
     elif method == "minmax_paper":
         denominator = high
     else:
         raise InputError(f"unknown normalization {method!r}; expected 'minmax' or 'minmax_paper'")
-    result = np.subtract(crops, low, out=out)
+    low_row = np.tile(low, side)[:, None, :]  # (N, 1, B * C)
+    denominator_row = np.tile(denominator, side)[:, None, :]
+    result = np.subtract(rows, low_row, out=None if out is None else out.reshape(rows.shape))
     if np.all(denominator > 0):
-        result /= denominator
+        result /= denominator_row
     else:
-        np.divide(result, denominator, out=result, where=denominator > 0)
-        result *= denominator > 0
-    return result
+        np.divide(result, denominator_row, out=result, where=denominator_row > 0)
+        result *= denominator_row > 0
+    return result.reshape(crops.shape)
 
 
 def _as_centers(centers: F64Array) -> F64Array:

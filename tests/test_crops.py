@@ -113,7 +113,7 @@ def test_nan_coordinates_rejected(image: np.ndarray) -> None:
 
 def test_axis_samples_scale_is_not_one() -> None:
     samples = axis_samples(np.array([540.0]), 1080)
-    step = np.diff(samples.low[0] + samples.weight[0])
+    step = np.diff(samples.floor[0] + samples.weight[0])
     assert np.allclose(step, 128 * 1079 / 1080 / 127, atol=1e-4)
 
 
