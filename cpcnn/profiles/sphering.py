@@ -1,0 +1,315 @@
+"""Sphering (ZCA whitening) of profiles against negative controls, as in the paper.
+
+``zca``: mu = mean(controls); C = (X - mu)^T (X - mu) / n; C = V diag(s) V^T;
+W = V diag(1 / sqrt(s + lambda)) V^T; x' = (x - mu) W. lambda is absolute (added to eigenvalues),
+unlike pycytominer's ``Spherize`` which adds epsilon to singular values and divides by n - 1.
+``zca-cor``: the same on the correlation matrix: controls are first standardized by their own std
+(ddof 0), x' = ((x - mu) / std) W.
+
+Eigenvalues below zero by round-off are clipped to 0 before lambda is added. With fewer controls than
+features the covariance is rank-deficient: the null-space directions are scaled by 1/sqrt(lambda)
+alone, so lambda dominates the result; this is logged and recorded on the fitted transform.
+A fitted ``Sphering`` is a durable artifact: saved as one ``.npz`` of plain arrays (no pickle),
+applied only to tables with the same feature names, and never refit at inference.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from cpcnn._types import F32Array, F64Array
+from cpcnn.errors import InputError
+from cpcnn.profiles.tables import PathLike, check_same_features, feature_columns, feature_matrix
+
+logger = logging.getLogger(__name__)
+
+Method = Literal["zca", "zca-cor"]
+METHODS: tuple[str, ...] = ("zca", "zca-cor")
+_FORMAT = "cpcnn-sphering/1"
+
+
+@dataclass(frozen=True)
+class ControlSelector:
+    """Rows whose ``column`` equals ``value`` (compared as text, so ``Metadata_dose=0`` matches 0)."""
+
+    column: str
+    value: str
+
+    @classmethod
+    def parse(cls, text: str | ControlSelector) -> ControlSelector:
+        """``"COLUMN=VALUE"`` -> selector; the value may itself contain ``=``."""
+        if isinstance(text, ControlSelector):
+            return text
+        column, sep, value = text.partition("=")
+        if not sep or not column.strip():
+            raise InputError(
+                f"control selector {text!r} must look like COLUMN=VALUE, e.g. Metadata_broad_sample=DMSO"
+            )
+        return cls(column.strip(), value.strip())
+
+    def __str__(self) -> str:
+        return f"{self.column}={self.value}"
+
+    def mask(self, table: pd.DataFrame) -> np.ndarray:
+        """(N,) bool of matching rows; InputError naming the column and a few existing values if none match."""
+        if self.column not in table.columns:
+            raise InputError(f"control column {self.column!r} not in the table")
+        text = table[self.column].astype(str)
+        hits = np.asarray(text == self.value, dtype=bool)
+        if not hits.any():
+            seen = ", ".join(repr(v) for v in text.drop_duplicates().head(5))
+            raise InputError(f"no control rows with {self.column} == {self.value!r} (values include {seen})")
+        return hits
+
+
+def zca_matrix(
+    controls: F64Array, *, lam: float, method: Method = "zca"
+) -> tuple[F64Array, F64Array | None, F64Array, F64Array]:
+    """(n, D) controls -> mean (D,), std (D,) or None, W (D, D), eigenvalues (D,), all float64; lambda > 0.
+
+    Rank-deficient controls (n <= D) are allowed: lambda regularizes the zero eigenvalues.
+    """
+    mean, std, eigvals, eigvecs = control_spectrum(controls, method=method)
+    return mean, std, whitening_matrix(eigvals, eigvecs, lam=lam), eigvals
+
+
+def control_spectrum(
+    controls: F64Array, *, method: Method = "zca"
+) -> tuple[F64Array, F64Array | None, F64Array, F64Array]:
+    """(n, D) controls -> mean (D,), std (D,) or None, eigenvalues (D,) >= 0, eigenvectors (D, D); float64."""
+    if method not in METHODS:
+        raise InputError(f"unknown sphering method {method!r}: use one of {', '.join(METHODS)}")
+    x = np.asarray(controls, dtype=np.float64)
+    mean = x.mean(axis=0)
+    centered = x - mean
+    std = None
+    if method == "zca-cor":
+        std = centered.std(axis=0)
+        if np.any(std == 0):
+            raise InputError(
+                f"{int(np.sum(std == 0))} features are constant across the controls; zca-cor needs std > 0"
+            )
+        centered = centered / std
+    cov = centered.T @ centered / len(x)
+    eigvals, eigvecs = np.linalg.eigh(cov)
+    return mean, std, np.clip(eigvals, 0.0, None), eigvecs
+
+
+def whitening_matrix(eigvals: F64Array, eigvecs: F64Array, *, lam: float) -> F64Array:
+    """(D,) eigenvalues, (D, D) eigenvectors -> (D, D) float64 W = V diag(1/sqrt(s + lambda)) V^T; lambda > 0."""
+    check_lambda(lam)
+    return (eigvecs * (1.0 / np.sqrt(eigvals + lam))) @ eigvecs.T
+
+
+def check_lambda(lam: float) -> None:
+    """InputError unless lambda is a finite number > 0 (it regularizes zero eigenvalues)."""
+    if not np.isfinite(lam) or lam <= 0:
+        raise InputError(f"lambda must be a positive number, got {lam}")
+
+
+@dataclass(frozen=True, eq=False)
+class Sphering:
+    """A fitted sphering transform: x' = ((x - mean) [/ std]) @ matrix, for tables with ``features``."""
+
+    method: str
+    mean: F64Array
+    std: F64Array | None
+    matrix: F64Array | F32Array
+    lam: float
+    features: tuple[str, ...]
+    n_controls: int
+    rank: int
+    provenance: Mapping[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def rank_deficient(self) -> bool:
+        """True when the control covariance has fewer non-zero eigenvalues than features."""
+        return self.rank < len(self.features)
+
+    def transform(self, values: np.ndarray) -> F32Array:
+        """(N, D) float -> (N, D) float32 sphered; rows with NaN give NaN rows. Deterministic."""
+        x = np.asarray(values, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != len(self.features):
+            raise InputError(f"expected (rows, {len(self.features)}) features, got shape {x.shape}")
+        x = x - self.mean
+        if self.std is not None:
+            x = x / self.std
+        return (x @ np.asarray(self.matrix, dtype=np.float64)).astype(np.float32)
+
+    def apply(self, table: pd.DataFrame) -> pd.DataFrame:
+        """Table with the same feature names -> copy with sphered float32 features (Metadata kept)."""
+        names = feature_columns(table)
+        check_same_features(names, self.features, what="the sphering transform")
+        out = table.drop(columns=names)
+        sphered = pd.DataFrame(
+            self.transform(feature_matrix(table, self.features)), columns=list(self.features)
+        )
+        return pd.concat([out.reset_index(drop=True), sphered], axis=1).set_axis(table.index)
+
+    def save(self, path: PathLike) -> Path:
+        """Write one ``.npz`` of plain arrays (no pickle); returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = {
+            "format": _FORMAT,
+            "method": self.method,
+            "lambda": self.lam,
+            "n_controls": self.n_controls,
+            "rank": self.rank,
+            "provenance": dict(self.provenance),
+            "warnings": list(self.warnings),
+        }
+        arrays: dict[str, Any] = {
+            "header": np.array(json.dumps(header)),
+            "features": np.array(self.features, dtype=str),
+            "mean": self.mean,
+            "matrix": self.matrix,
+        }
+        if self.std is not None:
+            arrays["std"] = self.std
+        with open(path, "wb") as fh:
+            np.savez(fh, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: PathLike) -> Sphering:
+        """Read a transform written by ``save``; InputError if the file is not one."""
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path}: no such sphering file")
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                header = json.loads(str(archive["header"]))
+                if header.get("format") != _FORMAT:
+                    raise InputError(f"{path}: not a cpcnn sphering file (format {header.get('format')!r})")
+                return cls(
+                    method=header["method"],
+                    mean=archive["mean"],
+                    std=archive["std"] if "std" in archive.files else None,
+                    matrix=archive["matrix"],
+                    lam=float(header["lambda"]),
+                    features=tuple(str(f) for f in archive["features"]),
+                    n_controls=int(header["n_controls"]),
+                    rank=int(header["rank"]),
+                    provenance=header.get("provenance", {}),
+                    warnings=tuple(header.get("warnings", ())),
+                )
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"{path}: unreadable sphering file ({exc})") from exc
+
+
+def control_matrix(
+    table: pd.DataFrame, controls: str | ControlSelector, features: Sequence[str] | None = None
+) -> tuple[F64Array, list[str], ControlSelector]:
+    """Select control rows -> (n, D) float64 without NaN rows, feature names, selector; checks all-NaN columns."""
+    selector = ControlSelector.parse(controls)
+    names = feature_columns(table, features)
+    values = feature_matrix(table.loc[selector.mask(table)], names).astype(np.float64)
+    empty = np.asarray(np.isnan(values).all(axis=0), dtype=bool).tolist()
+    all_nan = [n for n, col in zip(names, empty, strict=True) if col]
+    if all_nan:
+        shown = ", ".join(all_nan[:5]) + (f" (+{len(all_nan) - 5} more)" if len(all_nan) > 5 else "")
+        raise InputError(f"feature columns with only NaN in the controls: {shown}; drop them first")
+    bad = np.isnan(values).any(axis=1)
+    if bad.any():
+        logger.warning("dropped %d control rows with NaN features", int(bad.sum()))
+        values = values[~bad]
+    if len(values) < 2:
+        raise InputError(f"need at least 2 control rows without NaN for {selector}, found {len(values)}")
+    return values, names, selector
+
+
+def fit_sphering(
+    table: pd.DataFrame,
+    *,
+    controls: str | ControlSelector,
+    lam: float,
+    method: Method = "zca",
+    features: Sequence[str] | None = None,
+    dtype: type[np.floating[Any]] = np.float64,
+    source: str = "",
+) -> Sphering:
+    """Fit on the control rows of a (N, D) profile table -> ``Sphering`` (W stored as ``dtype``).
+
+    Raises InputError for lambda <= 0, no matching controls, unknown method or all-NaN feature columns.
+    """
+    check_lambda(lam)
+    values, names, selector = control_matrix(table, controls, features)
+    mean, std, eigvals, eigvecs = control_spectrum(values, method=method)
+    return _build(values, names, selector, method, mean, std, eigvals, eigvecs, lam, dtype, source)
+
+
+def _build(
+    values: F64Array,
+    names: list[str],
+    selector: ControlSelector,
+    method: str,
+    mean: F64Array,
+    std: F64Array | None,
+    eigvals: F64Array,
+    eigvecs: F64Array,
+    lam: float,
+    dtype: type[np.floating[Any]],
+    source: str,
+    log: bool = True,
+) -> Sphering:
+    """Assemble a Sphering from a precomputed spectrum (shared by ``fit_sphering`` and lambda sweeps)."""
+    tol = eigvals.max(initial=0.0) * len(names) * np.finfo(np.float64).eps
+    rank = int(np.sum(eigvals > tol))
+    notes: list[str] = []
+    if len(values) < len(names) or rank < len(names):
+        notes.append(
+            f"{len(values)} controls for {len(names)} features: covariance rank {rank} < {len(names)}, "
+            f"so lambda={lam:g} dominates the sphering of the remaining directions"
+        )
+        if log:
+            logger.warning("%s", notes[-1])
+    provenance = {
+        "source": source,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "controls": str(selector),
+    }
+    return Sphering(
+        method=method,
+        mean=mean,
+        std=std,
+        matrix=whitening_matrix(eigvals, eigvecs, lam=lam).astype(dtype),
+        lam=float(lam),
+        features=tuple(names),
+        n_controls=len(values),
+        rank=rank,
+        provenance=provenance,
+        warnings=tuple(notes),
+    )
+
+
+def fit_sphering_path(
+    table: pd.DataFrame,
+    *,
+    controls: str | ControlSelector,
+    lambdas: Sequence[float],
+    method: Method = "zca",
+    features: Sequence[str] | None = None,
+    source: str = "",
+) -> list[Sphering]:
+    """One ``Sphering`` per lambda from a single eigendecomposition of the controls (for sweeps)."""
+    for lam in lambdas:
+        check_lambda(lam)
+    values, names, selector = control_matrix(table, controls, features)
+    mean, std, eigvals, eigvecs = control_spectrum(values, method=method)
+    return [
+        _build(
+            values, names, selector, method, mean, std, eigvals, eigvecs, lam, np.float64, source, log=i == 0
+        )
+        for i, lam in enumerate(lambdas)
+    ]

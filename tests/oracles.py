@@ -1,0 +1,96 @@
+"""Loop-based reference implementations that the vectorized kernels are checked against.
+
+Deliberately simple and slow: one Python loop per query/group, textbook formulas, no shared code
+with cpcnn.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.stats import fisher_exact
+
+
+def ranked_labels_naive(scores: np.ndarray, positives: np.ndarray) -> list[bool]:
+    """One query: labels sorted by decreasing score, positives first among equal scores."""
+    items = sorted(zip(scores.tolist(), positives.tolist(), strict=True), key=lambda t: (-t[0], not t[1]))
+    return [bool(p) for _, p in items]
+
+
+def average_precision_naive(scores: np.ndarray, positives: np.ndarray) -> float:
+    """Non-interpolated AP of one query: mean of precision@k at each positive's rank k."""
+    labels = ranked_labels_naive(scores, positives)
+    hits, total = 0, 0.0
+    for k, is_pos in enumerate(labels, start=1):
+        if is_pos:
+            hits += 1
+            total += hits / k
+    return total / hits if hits else math.nan
+
+
+def interpolated_average_precision_naive(scores: np.ndarray, positives: np.ndarray) -> float:
+    """Interpolated AP of one query: mean over positives j of max_{k >= rank_j} precision@k."""
+    labels = ranked_labels_naive(scores, positives)
+    precision = []
+    hits = 0
+    for k, is_pos in enumerate(labels, start=1):
+        hits += is_pos
+        precision.append(hits / k)
+    values = [max(precision[k:]) for k, is_pos in enumerate(labels) if is_pos]
+    return sum(values) / len(values) if values else math.nan
+
+
+def foe_naive(
+    scores: np.ndarray, positives: np.ndarray, percentile: float = 99.0
+) -> tuple[float, float, list[int]]:
+    """(raw odds ratio, one-sided p-value, [a, b, c, d]) via scipy.stats.fisher_exact, one query."""
+    threshold = float(np.percentile(scores, percentile))
+    a = b = c = d = 0
+    for s, p in zip(scores.tolist(), positives.tolist(), strict=True):
+        above = s > threshold
+        if above and p:
+            a += 1
+        elif above:
+            b += 1
+        elif p:
+            c += 1
+        else:
+            d += 1
+    res = fisher_exact([[a, b], [c, d]], alternative="greater")
+    return float(res.statistic), float(res.pvalue), [a, b, c, d]
+
+
+def top_k_naive(
+    queries: np.ndarray, library: np.ndarray, k: int, exclude: list[int] | None = None
+) -> list[list[int]]:
+    """Library rows of the k best cosine matches per query (float64, ties by row index)."""
+    out = []
+    lib = library.astype(np.float64)
+    for qi, q in enumerate(queries.astype(np.float64)):
+        scored = []
+        for j, row in enumerate(lib):
+            if exclude is not None and exclude[qi] == j:
+                continue
+            denom = np.linalg.norm(q) * np.linalg.norm(row)
+            scored.append((-(float(q @ row) / denom if denom > 0 else 0.0), j))
+        out.append([j for _, j in sorted(scored)[:k]])
+    return out
+
+
+def group_reduce_naive(values: np.ndarray, keys: list[object], op: str) -> dict[object, np.ndarray]:
+    """Per distinct key: np.median or np.mean (float64) of its rows."""
+    groups: dict[object, list[np.ndarray]] = {}
+    for key, row in zip(keys, values, strict=True):
+        groups.setdefault(key, []).append(row)
+    reduce = np.median if op == "median" else (lambda x, axis: np.mean(np.asarray(x, np.float64), axis=axis))
+    return {key: np.asarray(reduce(np.stack(rows), axis=0)) for key, rows in groups.items()}
+
+
+def zca_naive(controls: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """Paper ZCA written directly: mean, W = V diag(1/sqrt(s + lam)) V^T with C = X^T X / n."""
+    mu = controls.mean(axis=0)
+    x = controls - mu
+    cov = x.T @ x / len(x)
+    s, v = np.linalg.eigh(cov)
+    return mu, v @ np.diag(1.0 / np.sqrt(np.clip(s, 0, None) + lam)) @ v.T

@@ -1,0 +1,116 @@
+"""Profile tables: formats, feature detection, DeepProfiler npz reading and input errors."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cpcnn.errors import InputError
+from cpcnn.profiles import feature_columns, read_profiles, write_profiles
+from cpcnn.profiles._npz import read_site_metadata
+
+NPZ_DIR = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "profiles" / "deepprofiler-npz-example"
+)
+
+
+def small_table(n: int = 6) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame(
+        {"Metadata_Well": [f"A{i:02d}" for i in range(n)], "Metadata_dose": np.arange(n, dtype=float)}
+    )
+    for j in range(4):
+        table[f"f{j}"] = rng.standard_normal(n)
+    return table
+
+
+@pytest.mark.parametrize("name", ["t.csv", "t.csv.gz", "t.parquet"])
+def test_roundtrip_formats_give_float32_features(tmp_path: Path, name: str) -> None:
+    table = small_table()
+    path = write_profiles(table, tmp_path / name)
+    back = read_profiles(path)
+    assert feature_columns(back) == ["f0", "f1", "f2", "f3"]
+    assert all(back[c].dtype == np.float32 for c in ["f0", "f1", "f2", "f3"])
+    np.testing.assert_allclose(back["f2"].to_numpy(), table["f2"].to_numpy(np.float32))
+    assert back["Metadata_Well"].tolist() == table["Metadata_Well"].tolist()
+
+
+def test_several_inputs_are_concatenated(tmp_path: Path) -> None:
+    a, b = small_table(3), small_table(4)
+    out = read_profiles(
+        [write_profiles(a, tmp_path / "a.csv"), write_profiles(b[b.columns[::-1]], tmp_path / "b.parquet")]
+    )
+    assert len(out) == 7 and feature_columns(out) == ["f0", "f1", "f2", "f3"]
+
+
+def test_bad_inputs_raise_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such file"):
+        read_profiles(tmp_path / "missing.csv")
+    (tmp_path / "t.xlsx").write_text("x")
+    with pytest.raises(InputError, match="unknown table format"):
+        read_profiles(tmp_path / "t.xlsx")
+    only_meta = pd.DataFrame({"Metadata_Well": ["A01"]})
+    with pytest.raises(InputError, match="no feature columns"):
+        read_profiles(write_profiles(only_meta, tmp_path / "m.csv"))
+    text = small_table().assign(Plate_Map="x")
+    with pytest.raises(InputError, match="non-numeric feature columns: Plate_Map"):
+        read_profiles(write_profiles(text, tmp_path / "s.csv"))
+    a = write_profiles(small_table(), tmp_path / "a.parquet")
+    b = write_profiles(small_table().rename(columns={"f3": "g3"}), tmp_path / "b.parquet")
+    with pytest.raises(InputError, match="feature mismatch.*missing 1.*f3.*unexpected 1.*g3"):
+        read_profiles([a, b])
+    with pytest.raises(InputError, match="not in the table: nope"):
+        feature_columns(small_table(), ["f0", "nope"])
+
+
+@pytest.mark.skipif(not NPZ_DIR.is_dir(), reason="shared DeepProfiler example data not present")
+def test_reads_deepprofiler_npz_with_pycytominer_names(tmp_path: Path) -> None:
+    site_dir = tmp_path / "features" / "SQ00014812" / "A01"
+    site_dir.mkdir(parents=True)
+    for site in (5, 8):
+        (site_dir / f"{site}.npz").write_bytes((NPZ_DIR / f"SQ00014812_A01_{site}.npz").read_bytes())
+    table = read_profiles(tmp_path / "features")
+    names = feature_columns(table)
+    assert len(table) == 158 + 179 and names[0] == "efficientnet_0" and names[-1] == "efficientnet_6399"
+    assert table["Metadata_Site"].tolist() == ["5"] * 158 + ["8"] * 179
+    assert (
+        table["Metadata_Treatment"].iloc[0] == "DMSO@NA" and table["Metadata_Plate"].iloc[0] == "SQ00014812"
+    )
+    with np.load(NPZ_DIR / "SQ00014812_A01_5.npz", allow_pickle=False) as raw:
+        np.testing.assert_array_equal(table[names].to_numpy()[:158], raw["features"])
+        np.testing.assert_array_equal(
+            table["Metadata_Location_Center_X"].to_numpy()[:158], raw["locations"][:, 0]
+        )
+
+
+@pytest.mark.skipif(not NPZ_DIR.is_dir(), reason="shared DeepProfiler example data not present")
+def test_npz_folder_with_two_models_is_a_feature_mismatch() -> None:
+    with pytest.raises(InputError, match="feature mismatch"):
+        read_profiles(NPZ_DIR)
+    week1 = read_profiles(NPZ_DIR / "Week1_22123_B02_s1.npz")
+    assert feature_columns(week1)[0] == "cnn_0" and len(feature_columns(week1)) == 50
+
+
+class _Exploit:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (print, ("pwned",))
+
+
+def test_npz_metadata_unpickler_refuses_arbitrary_globals(tmp_path: Path) -> None:
+    path = tmp_path / "evil.npz"
+    payload = io.BytesIO()
+    np.lib.format.write_array_header_1_0(payload, {"descr": "|O", "fortran_order": False, "shape": ()})
+    pickle.dump(np.array({"k": _Exploit()}, dtype=object), payload, protocol=3)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("metadata.npy", payload.getvalue())
+        buf = io.BytesIO()
+        np.save(buf, np.zeros((2, 3), np.float32))
+        zf.writestr("features.npy", buf.getvalue())
+    with pytest.raises(InputError, match="refusing to load global builtins.print"):
+        read_site_metadata(path)
