@@ -210,6 +210,8 @@ def normalize_crops(crops: F32Array, method: Normalization, *, out: F32Array | N
 
 def _as_centers(centers: F64Array) -> F64Array:
     centers = np.asarray(centers, dtype=np.float64)
+    if centers.size == 0:
+        return centers.reshape(0, 2)
     if centers.ndim != 2 or centers.shape[1] != 2:
         raise InputError(f"locations must be an (N, 2) array of x, y; got shape {centers.shape}")
     if not np.isfinite(centers).all():

@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 import numpy as np
 
@@ -23,6 +24,10 @@ from cpcnn.manifest import ModelManifest
 from cpcnn.store import StoredModel
 
 logger = logging.getLogger(__name__)
+
+Key = TypeVar("Key")
+#: Loads one field of view when called: (H, W, C) float32 image and (N, 2) float64 centres.
+SiteLoader = Callable[[], tuple[F32Array, F64Array]]
 
 #: Cells per ONNX Runtime call; measured fastest on CPU (bench/embed.py), GPUs like bigger batches.
 DEFAULT_CPU_BATCH = 64
@@ -134,19 +139,29 @@ class Embedder:
         return self.embed_crops(self.crop(image, centers, normalization=normalization))
 
     def embed_sites(
-        self, sites: Iterable[tuple[Any, F32Array, F64Array]], *, normalization: Normalization | None = None
-    ) -> Iterator[tuple[Any, F32Array]]:
-        """(key, image, centres) stream -> (key, features) stream, cropping site k+1 while site k runs.
+        self,
+        sites: Iterable[tuple[Key, SiteLoader]],
+        *,
+        normalization: Normalization | None = None,
+        prefetch: int = 1,
+    ) -> Iterator[tuple[Key, F32Array]]:
+        """(key, loader) stream -> (key, features) stream, in order; a loader returns (image, centres).
 
-        Decoding and cropping happen in the caller's iterator and a helper thread; ONNX Runtime releases
-        the GIL, so the two overlap.
+        Loading (decoding) and cropping of the next ``prefetch`` sites run in a helper thread while
+        ONNX Runtime embeds the current one; both release the GIL, so they overlap.
         """
+
+        def prepare(loader: SiteLoader) -> F32Array:
+            image, centers = loader()
+            return self.crop(image, centers, normalization=normalization)
+
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpcnn-crop") as pool:
-            pending: tuple[Any, Future[F32Array]] | None = None
-            for key, image, centers in sites:
-                future = pool.submit(self.crop, image, centers, normalization=normalization)
-                if pending is not None:
-                    yield pending[0], self.embed_crops(pending[1].result())
-                pending = (key, future)
-            if pending is not None:
-                yield pending[0], self.embed_crops(pending[1].result())
+            pending: deque[tuple[Key, Future[F32Array]]] = deque()
+            for key, loader in sites:
+                pending.append((key, pool.submit(prepare, loader)))
+                if len(pending) > prefetch:
+                    done_key, crops = pending.popleft()
+                    yield done_key, self.embed_crops(crops.result())
+            while pending:
+                done_key, crops = pending.popleft()
+                yield done_key, self.embed_crops(crops.result())
