@@ -1,0 +1,178 @@
+"""``python -m training``: train CNN-1 on a site index, or write a freshly initialized checkpoint.
+
+Only parsing and printing live here; :mod:`training.data` and :mod:`training.loop` do the work.
+A deliberate error (bad index, missing file, too few classes) prints one line and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from cpcnn._types import NORMALIZATIONS
+from cpcnn.errors import CpcnnError, InputError
+from training.checkpoint import save_checkpoint
+from training.config import TrainConfig, make_config
+from training.data import prepare_data
+from training.loop import initial_network, train
+from training.net import CNN1_NUM_CLASSES
+
+PROG = "python -m training"
+_DEFAULTS = TrainConfig()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Train Cell Painting CNN-1 (EfficientNet-B0, 5 channels)."
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser("train", help="train on a site index (weakly supervised: classify the label)")
+    run.add_argument("--index", type=Path, required=True, help="CSV/Parquet, one row per site")
+    run.add_argument("--label", default=_DEFAULTS.label, help="class column (default %(default)s)")
+    run.add_argument("--out", type=Path, required=True, help="run folder for checkpoints and metrics")
+    run.add_argument("--epochs", type=int, default=_DEFAULTS.epochs)
+    run.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
+    run.add_argument("--lr", type=float, default=_DEFAULTS.lr)
+    run.add_argument("--seed", type=int, default=_DEFAULTS.seed)
+    run.add_argument(
+        "--split",
+        choices=("cells", "plates"),
+        default=_DEFAULTS.split,
+        help="leave-cells-out (per-well share trains) or leave-plates-out",
+    )
+    run.add_argument(
+        "--train-fraction",
+        type=float,
+        default=_DEFAULTS.train_fraction,
+        help="leave-cells-out: share of each well's cells that trains (default %(default)s)",
+    )
+    run.add_argument(
+        "--holdout-plates", default="", help="leave-plates-out: comma-separated plates to validate on"
+    )
+    run.add_argument("--normalization", choices=NORMALIZATIONS, default=_DEFAULTS.normalization)
+    run.add_argument("--cache-dtype", choices=("uint8", "float16"), default=_DEFAULTS.cache_dtype)
+    run.add_argument(
+        "--cache-dir", type=Path, help="crop cache folder (default OUT/crops); reusable across runs"
+    )
+    run.add_argument("--val-max-cells", type=int, help="validate on a fixed random subset of this many cells")
+    run.add_argument("--no-augment", action="store_true", help="train without augmentations")
+    run.add_argument(
+        "--imagenet-weights", type=Path, help="EfficientNet-B0 ImageNet weights (Keras .h5 or torch)"
+    )
+    run.add_argument(
+        "--no-stem-rescale",
+        action="store_true",
+        help="copy RGB stem filters to the 5 channels without the 3/5 scale (as DeepProfiler)",
+    )
+    run.add_argument("--resume", type=Path, help="continue from a checkpoint of this run (e.g. OUT/last.pt)")
+    run.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in total")
+    run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    run.add_argument("--log-every", type=int, default=50, help="log training loss every N steps")
+    run.set_defaults(func=cmd_train)
+
+    init = commands.add_parser("init", help="write a checkpoint with freshly initialized weights")
+    init.add_argument("--out", type=Path, required=True, help="checkpoint file to write (.pt)")
+    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("--num-classes", type=int, default=CNN1_NUM_CLASSES)
+    init.add_argument("--imagenet-weights", type=Path, help="start the backbone from ImageNet weights")
+    init.set_defaults(func=cmd_init)
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    holdout = tuple(p.strip() for p in args.holdout_plates.split(",") if p.strip())
+    config = make_config(
+        label=args.label,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        split=args.split,
+        train_fraction=args.train_fraction,
+        holdout_plates=holdout,
+        normalization=args.normalization,
+        cache_dtype=args.cache_dtype,
+        val_max_cells=args.val_max_cells,
+        augment=not args.no_augment,
+        stem_rescale=not args.no_stem_rescale,
+        imagenet_weights=str(args.imagenet_weights) if args.imagenet_weights else None,
+    )
+    for name in ("max_steps", "threads", "log_every"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "log_every" else 1):
+            raise InputError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.resume is not None and not args.resume.is_file():
+        raise InputError(f"--resume: checkpoint {args.resume} does not exist")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = prepare_data(args.index, config, cache_dir=args.cache_dir or args.out / "crops")
+    result = train(
+        data,
+        config,
+        args.out,
+        resume=args.resume,
+        max_steps=args.max_steps,
+        threads=args.threads,
+        log_every=args.log_every,
+    )
+    for row in result.metrics:
+        print(_summary(row))
+    if not result.metrics:
+        print(f"nothing to do: {args.out} is at epoch {result.progress.epoch}, step {result.progress.step}")
+    if result.checkpoint is not None:
+        print(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def _summary(row: dict[str, object]) -> str:
+    def fmt(value: object) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else "n/a" if value is None else str(value)
+
+    state = "" if row["complete"] else " (stopped early)"
+    return (
+        f"epoch {row['epoch']}{state} step {row['step']}: train loss {fmt(row['train_loss'])} "
+        f"accuracy {fmt(row['train_accuracy'])}, validation loss {fmt(row['val_loss'])} "
+        f"accuracy {fmt(row['val_accuracy'])}, {row['train_crops']} crops at {fmt(row['crops_per_s'])} crops/s"
+    )
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    if args.num_classes < 1:
+        raise InputError(f"--num-classes must be at least 1, got {args.num_classes}")
+    config = make_config(
+        seed=args.seed, imagenet_weights=str(args.imagenet_weights) if args.imagenet_weights else None
+    )
+    net = initial_network(args.num_classes, config)
+    init = "imagenet" if args.imagenet_weights else "random"
+    path = save_checkpoint(
+        args.out,
+        net.eval(),
+        channels=config.channels,
+        normalization=config.normalization,
+        config={"init": init, "seed": args.seed, "train": config.model_dump(mode="json")},
+    )
+    print(f"wrote {path} ({init} init, seed {args.seed}, {args.num_classes} classes)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except CpcnnError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
