@@ -344,3 +344,16 @@ def test_cli_errors_are_one_line(
     code = main(["-q", "train", "--index", str(index), "--out", str(tmp_path / "run"), *args])
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and message in err, err
+
+
+def test_device_choice() -> None:
+    from cpcnn.errors import InputError
+    from training.loop import pick_device
+
+    assert pick_device("cpu").type == "cpu"
+    if torch.cuda.is_available():
+        assert pick_device("auto").type == "cuda"
+    else:
+        assert pick_device("auto").type == "cpu"
+        with pytest.raises(InputError, match="no CUDA device"):
+            pick_device("cuda")

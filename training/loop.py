@@ -113,8 +113,9 @@ def evaluate(
     with torch.no_grad():
         for start in range(0, cells.size, batch_size):
             batch = cells[start : start + batch_size]
-            targets = torch.from_numpy(data.labels[batch])
-            logits = net(data.cache.batch(batch))
+            device = next(net.parameters()).device
+            targets = torch.from_numpy(data.labels[batch]).to(device)
+            logits = net(data.cache.batch(batch).to(device))
             loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
             correct += int((logits.argmax(dim=1) == targets).sum())
     net.train(was_training)
@@ -130,8 +131,13 @@ def train(
     max_steps: int | None = None,
     threads: int | None = None,
     log_every: int = 50,
+    device: str = "auto",
 ) -> RunResult:
-    """Train (or resume) until ``config.epochs`` epochs or ``max_steps`` steps in total; see module doc."""
+    """Train (or resume) until ``config.epochs`` epochs or ``max_steps`` steps in total; see module doc.
+
+    ``device``: "cpu", "cuda" (or "cuda:N"), or "auto" (CUDA when torch sees a GPU). Crops are read and
+    augmented on the CPU, then moved; checkpoints are always written with CPU tensors.
+    """
     out = Path(out)
     if resume is None and (out / LAST).exists():
         raise ConflictError(
@@ -141,9 +147,20 @@ def train(
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _run(data, config, out, resume=resume, max_steps=max_steps, log_every=log_every)
+        return _run(
+            data, config, out, resume=resume, max_steps=max_steps, log_every=log_every, device=pick_device(device)
+        )
     finally:
         torch.set_num_threads(before_threads)
+
+
+def pick_device(device: str) -> torch.device:
+    """"auto" -> CUDA when available, else CPU; an explicit CUDA request without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: torch sees no CUDA device")
+    return torch.device(device)
 
 
 def _resume(
@@ -177,11 +194,14 @@ def _run(
     resume: Path | None,
     max_steps: int | None,
     log_every: int,
+    device: torch.device,
 ) -> RunResult:
     if resume is not None:
         net, optimizer_state, progress = _resume(Path(resume), data, config)
     else:
         net, optimizer_state, progress = initial_network(len(data.classes), config).train(), None, Progress()
+    net = net.to(device)
+    logger.info("training on %s", device)
     optimizer = make_optimizer(net, config)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
@@ -252,14 +272,15 @@ def _step(
     step: int,
 ) -> tuple[float, int]:
     """One SGD step on ``batch`` -> (mean loss, correct predictions); randomness seeded by the step."""
+    device = next(net.parameters()).device
     crops = data.cache.batch(batch)
-    targets = torch.from_numpy(data.labels[batch])
+    targets = torch.from_numpy(data.labels[batch]).to(device)
     seed = step_seed(config.seed, step)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # drop-connect draws from the global generator
         if config.augment:
             crops = augment_batch(crops, generator=torch.Generator().manual_seed(seed))
-        logits = net(crops)
+        logits = net(crops.to(device, non_blocking=True))
         loss = criterion(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

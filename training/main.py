@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", type=Path, help="continue from a checkpoint of this run (e.g. OUT/last.pt)")
     run.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in total")
     run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    run.add_argument(
+        "--device", default="auto", help="cpu, cuda or cuda:N (default auto: CUDA when torch sees a GPU)"
+    )
     run.add_argument("--log-every", type=int, default=50, help="log training loss every N steps")
     run.set_defaults(func=cmd_train)
 
@@ -121,6 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         threads=args.threads,
         log_every=args.log_every,
+        device=args.device,
     )
     for row in result.metrics:
         print(_summary(row))
