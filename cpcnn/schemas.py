@@ -9,7 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cpcnn.manifest import ModelManifest
 
@@ -152,3 +152,175 @@ class Readiness(BaseModel):
     queue_depth: int | None = None
     workers: list[WorkerPublic] = Field(default_factory=list)
     reasons: list[str] = Field(default_factory=list, description="why not ready; empty when ready")
+
+
+# -- profiles: tables, sphering transforms, reference libraries, evaluation ------------------------
+
+_ID = "content hash of what made it (32 hex digits): the same request gives the same id"
+
+
+class TablePublic(BaseModel):
+    """A stored profile table: ``Metadata_*`` columns plus float32 feature columns."""
+
+    id: str = Field(description=_ID)
+    name: str = Field(description="the uploaded file's name, or how the table was derived")
+    n_rows: int
+    n_features: int
+    metadata_columns: list[str]
+    feature_names: list[str]
+    created_at: datetime
+    provenance: dict[str, str] = Field(default_factory=dict, description="transform_id and table_id when derived")
+
+
+class TableList(BaseModel):
+    data: list[TablePublic]
+    count: int
+
+
+class TransformCreate(BaseModel):
+    """Fit a sphering transform on the control rows of a stored table."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    table_id: str
+    controls: str = Field(description="control rows as COLUMN=VALUE", examples=["Metadata_broad_sample=DMSO"])
+    lam: float = Field(alias="lambda", gt=0, allow_inf_nan=False, description="absolute, added to eigenvalues")
+    method: Literal["zca", "zca-cor"] = Field(default="zca", description="ZCA on covariance or correlation")
+
+
+class TransformPublic(BaseModel):
+    """A fitted sphering transform; it applies only to tables with the same feature names."""
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    id: str = Field(description=_ID)
+    table_id: str = Field(description="the table it was fitted on")
+    method: str
+    lam: float = Field(alias="lambda")
+    controls: str
+    n_controls: int
+    n_features: int
+    rank: int = Field(description="rank of the control covariance")
+    rank_deficient: bool = Field(description="fewer independent controls than features: lambda dominates")
+    warnings: list[str] = Field(default_factory=list)
+    feature_names: list[str]
+    created_at: datetime
+    provenance: dict[str, str] = Field(default_factory=dict)
+
+
+class TransformList(BaseModel):
+    data: list[TransformPublic]
+    count: int
+
+
+class TableRef(BaseModel):
+    """A stored table to work on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    table_id: str
+
+
+class LibraryCreate(BaseModel):
+    """Build a reference library from a stored table; rows sharing an id are averaged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    table_id: str
+    id_column: str = Field(examples=["Metadata_broad_sample"])
+    annotations: list[str] = Field(default_factory=list, description="columns returned with every match")
+
+
+class LibraryPublic(BaseModel):
+    """A reference library: unit-normalized profiles, memory-mapped by the server for matching."""
+
+    id: str = Field(description=_ID)
+    table_id: str
+    id_column: str
+    annotation_columns: list[str]
+    n_profiles: int
+    n_features: int
+    feature_names: list[str]
+    created_at: datetime
+
+
+class LibraryList(BaseModel):
+    data: list[LibraryPublic]
+    count: int
+
+
+class InlineProfiles(BaseModel):
+    """Query profiles sent in the request: one row per query, features in the library's order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[str | int] | None = Field(default=None, description="one per row; row numbers when omitted")
+    features: list[list[float]] = Field(min_length=1, description="(queries, library features)")
+
+
+class MatchRequest(BaseModel):
+    """Queries as a stored table (``table_id``) or inline (``profiles``), exactly one of the two."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    table_id: str | None = None
+    profiles: InlineProfiles | None = None
+    id_column: str | None = Field(default=None, description="query id column of the table (default: the library's)")
+    top_k: int = Field(default=10, ge=1, le=1000)
+    leave_one_out: bool = Field(default=False, description="never return the library row with the query's own id")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MatchRequest:
+        if (self.table_id is None) == (self.profiles is None):
+            raise ValueError("send exactly one of table_id and profiles")
+        return self
+
+
+class Match(BaseModel):
+    query_id: str | int
+    rank: int = Field(description="1 = most similar")
+    library_id: str | int
+    score: float = Field(description="cosine similarity")
+    annotations: dict[str, str | None] = Field(default_factory=dict)
+
+
+class MatchResult(BaseModel):
+    """Top-k cosine matches, ``top_k`` rows per query (fewer when the library is smaller), best first."""
+
+    library: str
+    n_queries: int
+    top_k: int
+    matches: list[Match]
+
+
+class EvaluateRequest(BaseModel):
+    """Retrieval metrics of a stored table: treatments by ``id_column``, hits share an ``annotation`` value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    table_id: str
+    id_column: str = Field(examples=["Metadata_broad_sample"])
+    annotation: str = Field(examples=["Metadata_moa"])
+    separator: str | None = Field(default="|", description="multi-value separator; null for none")
+
+
+class PrecisionAtRecall(BaseModel):
+    recall: list[float]
+    precision: list[float | None]
+
+
+class Evaluation(BaseModel):
+    """Mean retrieval metrics (``cpcnn evaluate``); ``settings`` states the protocol and rules used."""
+
+    table_id: str
+    mean_average_precision: float | None
+    mean_average_precision_interpolated: float | None
+    folds_of_enrichment: float | None
+    n_queries: int
+    n_treatments: int
+    n_excluded_unannotated: int
+    n_odds_ratio_infinite: int
+    n_odds_ratio_undefined: int
+    message: str = ""
+    settings: dict[str, Any] = Field(default_factory=dict)
+    precision_at_recall: PrecisionAtRecall

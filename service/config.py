@@ -20,12 +20,15 @@ _PLACEHOLDER_KEYS = {"changeme", "changethis", "secret", "apikey", "api-key"}
 
 
 class Limits(BaseModel):
-    """What one upload may contain; larger requests get 413, before any pixel is decoded."""
+    """What one request may contain or ask for; larger uploads get 413 before any pixel or row is decoded."""
 
     max_upload_bytes: int = Field(default=512 * 2**20, gt=0)
     max_part_bytes: int = Field(default=256 * 2**20, gt=0)
     max_pixels: int = Field(default=25_000_000, gt=0, description="per channel")
     max_cells: int = Field(default=50_000, gt=0)
+    max_table_bytes: int = Field(default=2 * 2**30, gt=0, description="decompressed CSV size of one profile table")
+    max_table_values: int = Field(default=250_000_000, gt=0, description="rows x columns of one profile table")
+    max_matches: int = Field(default=1_000_000, gt=0, description="queries x top_k rows in one match answer")
 
 
 class QueueSettings(BaseModel):
@@ -78,6 +81,7 @@ class ApiSettings(_Common):
     api_key: SecretStr | None = None
     metrics_public: bool = Field(default=False, description="serve /metrics without the API key")
     limits: Limits = Field(default_factory=Limits)
+    open_libraries: int = Field(default=8, gt=0, description="reference libraries kept memory-mapped for matching")
 
     @model_validator(mode="after")
     def _refuse_placeholder_key(self) -> ApiSettings:

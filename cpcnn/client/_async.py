@@ -21,7 +21,31 @@ from cpcnn.client._base import (
 )
 from cpcnn.client._errors import JobTimeout, TransportError
 from cpcnn.client._progress import progress_bar
-from cpcnn.schemas import Health, JobPublic, ModelList, ModelPublic, Readiness
+from cpcnn.client._tables import (
+    TableInput,
+    inline_profiles,
+    match_body,
+    matches_table,
+    parquet_table,
+    ref,
+    stored_table_id,
+    table_upload,
+)
+from cpcnn.schemas import (
+    Evaluation,
+    Health,
+    JobPublic,
+    LibraryList,
+    LibraryPublic,
+    MatchResult,
+    ModelList,
+    ModelPublic,
+    Readiness,
+    TableList,
+    TablePublic,
+    TransformList,
+    TransformPublic,
+)
 
 _LONG_POLL_S = 30.0
 
@@ -137,6 +161,96 @@ class AsyncClient(BaseClient):
     async def delete(self, job_id: str) -> None:
         await self._send("DELETE", f"/v1/jobs/{job_id}")
 
+    # -- profiles: tables, sphering, libraries, evaluation --------------------------------------
+
+    async def upload_table(
+        self, table: TableInput, *, features: Sequence[str] | None = None, name: str | None = None
+    ) -> TablePublic:
+        """See ``Client.upload_table``."""
+        upload = table_upload(table, features=features, name=name)
+        return TablePublic.model_validate_json((await self._send("POST", "/v1/tables", upload=upload)).content)
+
+    async def tables(self) -> list[TablePublic]:
+        return TableList.model_validate_json((await self._send("GET", "/v1/tables")).content).data
+
+    async def get_table(self, table_id: Any) -> TablePublic:
+        response = await self._send("GET", f"/v1/tables/{ref(table_id, 'table')}")
+        return TablePublic.model_validate_json(response.content)
+
+    async def download_table(self, table_id: Any) -> Any:
+        """See ``Client.download_table``."""
+        response = await self._send("GET", f"/v1/tables/{ref(table_id, 'table')}/data", params={"format": "parquet"})
+        return parquet_table(response.content)
+
+    async def delete_table(self, table_id: Any) -> None:
+        await self._send("DELETE", f"/v1/tables/{ref(table_id, 'table')}")
+
+    async def fit_sphering(
+        self, table: TableInput, *, controls: str, lam: float, method: str = "zca"
+    ) -> TransformPublic:
+        """See ``Client.fit_sphering``."""
+        body = {"table_id": await self._table_id(table), "controls": controls, "lambda": lam, "method": method}
+        return TransformPublic.model_validate_json((await self._send("POST", "/v1/transforms", json=body)).content)
+
+    async def transforms(self) -> list[TransformPublic]:
+        return TransformList.model_validate_json((await self._send("GET", "/v1/transforms")).content).data
+
+    async def get_transform(self, transform_id: Any) -> TransformPublic:
+        response = await self._send("GET", f"/v1/transforms/{ref(transform_id, 'transform')}")
+        return TransformPublic.model_validate_json(response.content)
+
+    async def delete_transform(self, transform_id: Any) -> None:
+        await self._send("DELETE", f"/v1/transforms/{ref(transform_id, 'transform')}")
+
+    async def sphere_table(self, transform_id: Any, table: TableInput) -> TablePublic:
+        """See ``Client.sphere_table``."""
+        body = {"table_id": await self._table_id(table)}
+        response = await self._send("POST", f"/v1/transforms/{ref(transform_id, 'transform')}/apply", json=body)
+        return TablePublic.model_validate_json(response.content)
+
+    async def apply_sphering(self, transform_id: Any, table: TableInput) -> Any:
+        """See ``Client.apply_sphering``."""
+        return await self.download_table((await self.sphere_table(transform_id, table)).id)
+
+    async def create_library(
+        self, table: TableInput, *, id_col: str, annotations: Sequence[str] = ()
+    ) -> LibraryPublic:
+        """See ``Client.create_library``."""
+        body = {"table_id": await self._table_id(table), "id_column": id_col, "annotations": list(annotations)}
+        return LibraryPublic.model_validate_json((await self._send("POST", "/v1/libraries", json=body)).content)
+
+    async def libraries(self) -> list[LibraryPublic]:
+        return LibraryList.model_validate_json((await self._send("GET", "/v1/libraries")).content).data
+
+    async def get_library(self, library_id: Any) -> LibraryPublic:
+        response = await self._send("GET", f"/v1/libraries/{ref(library_id, 'library')}")
+        return LibraryPublic.model_validate_json(response.content)
+
+    async def delete_library(self, library_id: Any) -> None:
+        await self._send("DELETE", f"/v1/libraries/{ref(library_id, 'library')}")
+
+    async def match(
+        self, library_id: Any, queries: Any, *, id_col: str | None = None, top_k: int = 10, leave_one_out: bool = False
+    ) -> Any:
+        """See ``Client.match``."""
+        profiles = inline_profiles(queries)
+        table_id = None if profiles is not None else await self._table_id(queries)
+        body = match_body(table_id=table_id, profiles=profiles, id_col=id_col, top_k=top_k, leave_one_out=leave_one_out)
+        response = await self._send("POST", f"/v1/libraries/{ref(library_id, 'library')}/match", json=body)
+        return matches_table(MatchResult.model_validate_json(response.content))
+
+    async def evaluate(
+        self, table: TableInput, *, id_col: str, annotation: str, sep: str | None = "|"
+    ) -> dict[str, Any]:
+        """See ``Client.evaluate``."""
+        body = {"table_id": await self._table_id(table), "id_column": id_col, "annotation": annotation,
+                "separator": sep}
+        return Evaluation.model_validate_json((await self._send("POST", "/v1/evaluate", json=body)).content).model_dump()
+
+    async def _table_id(self, table: TableInput) -> str:
+        stored = stored_table_id(table)
+        return stored if stored is not None else (await self.upload_table(table)).id
+
     async def models(self) -> list[ModelPublic]:
         return ModelList.model_validate_json((await self._send("GET", "/v1/models")).content).data
 
@@ -154,7 +268,7 @@ class AsyncClient(BaseClient):
 
     async def _send(
         self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None, upload: Upload | None = None,
+        headers: Mapping[str, str] | None = None, upload: Upload | None = None, json: Any = None,
     ) -> httpx.Response:
         attempt = 0
         while True:
@@ -164,7 +278,7 @@ class AsyncClient(BaseClient):
             try:
                 request = self._http.build_request(
                     method, path, params=params, headers=headers,
-                    files=upload.files if upload else None, data=upload.data if upload else None,
+                    files=upload.files if upload else None, data=upload.data if upload else None, json=json,
                 )
                 response = await self._http.send(request)
                 self.log_request(request, response)

@@ -77,7 +77,7 @@ class Upload:
     """A ready-to-send multipart body; rebuilt into a fresh request on every retry."""
 
     files: list[tuple[str, tuple[str, bytes, str]]]
-    data: dict[str, str]
+    data: dict[str, str | list[str]]
 
 
 class BaseClient:
@@ -116,7 +116,7 @@ class BaseClient:
     ) -> Upload:
         """Normalize the caller's inputs into multipart parts (validating locations locally)."""
         files: list[tuple[str, tuple[str, bytes, str]]] = []
-        data: dict[str, str] = {}
+        data: dict[str, str | list[str]] = {}
         if isinstance(images, Mapping):
             if channel_order is not None:
                 raise InputError("channel_order is for one multi-channel image, not a mapping of channels")

@@ -21,7 +21,31 @@ from cpcnn.client._base import (
 )
 from cpcnn.client._errors import JobTimeout, TransportError
 from cpcnn.client._progress import progress_bar
-from cpcnn.schemas import Health, JobPublic, ModelList, ModelPublic, Readiness
+from cpcnn.client._tables import (
+    TableInput,
+    inline_profiles,
+    match_body,
+    matches_table,
+    parquet_table,
+    ref,
+    stored_table_id,
+    table_upload,
+)
+from cpcnn.schemas import (
+    Evaluation,
+    Health,
+    JobPublic,
+    LibraryList,
+    LibraryPublic,
+    MatchResult,
+    ModelList,
+    ModelPublic,
+    Readiness,
+    TableList,
+    TablePublic,
+    TransformList,
+    TransformPublic,
+)
 
 #: Longest single server-side wait per request (the server caps it too).
 _LONG_POLL_S = 30.0
@@ -154,6 +178,95 @@ class Client(BaseClient):
     def delete(self, job_id: str) -> None:
         self._send("DELETE", f"/v1/jobs/{job_id}")
 
+    # -- profiles: tables, sphering, libraries, evaluation --------------------------------------
+
+    def upload_table(
+        self, table: TableInput, *, features: Sequence[str] | None = None, name: str | None = None
+    ) -> TablePublic:
+        """Store a profile table on the server (CSV/CSV.gz/Parquet path, bytes, DataFrame or column dict).
+
+        ``features`` names the feature columns (default: every column not named ``Metadata_*``). The
+        same upload returns the same table, so retrying is safe.
+        """
+        upload = table_upload(table, features=features, name=name)
+        return TablePublic.model_validate_json(self._send("POST", "/v1/tables", upload=upload).content)
+
+    def tables(self) -> list[TablePublic]:
+        return TableList.model_validate_json(self._send("GET", "/v1/tables").content).data
+
+    def get_table(self, table_id: Any) -> TablePublic:
+        return TablePublic.model_validate_json(self._send("GET", f"/v1/tables/{ref(table_id, 'table')}").content)
+
+    def download_table(self, table_id: Any) -> Any:
+        """A stored table's rows: a DataFrame with pandas, else a dict of column arrays."""
+        response = self._send("GET", f"/v1/tables/{ref(table_id, 'table')}/data", params={"format": "parquet"})
+        return parquet_table(response.content)
+
+    def delete_table(self, table_id: Any) -> None:
+        self._send("DELETE", f"/v1/tables/{ref(table_id, 'table')}")
+
+    def fit_sphering(self, table: TableInput, *, controls: str, lam: float, method: str = "zca") -> TransformPublic:
+        """Fit ZCA sphering on the rows selected by ``controls`` ("COLUMN=VALUE"); uploads ``table`` unless it is an id."""
+        body = {"table_id": self._table_id(table), "controls": controls, "lambda": lam, "method": method}
+        return TransformPublic.model_validate_json(self._send("POST", "/v1/transforms", json=body).content)
+
+    def transforms(self) -> list[TransformPublic]:
+        return TransformList.model_validate_json(self._send("GET", "/v1/transforms").content).data
+
+    def get_transform(self, transform_id: Any) -> TransformPublic:
+        path = f"/v1/transforms/{ref(transform_id, 'transform')}"
+        return TransformPublic.model_validate_json(self._send("GET", path).content)
+
+    def delete_transform(self, transform_id: Any) -> None:
+        self._send("DELETE", f"/v1/transforms/{ref(transform_id, 'transform')}")
+
+    def sphere_table(self, transform_id: Any, table: TableInput) -> TablePublic:
+        """Apply a transform on the server and keep the sphered table there (e.g. to build a library)."""
+        path = f"/v1/transforms/{ref(transform_id, 'transform')}/apply"
+        return TablePublic.model_validate_json(self._send("POST", path, json={"table_id": self._table_id(table)}).content)
+
+    def apply_sphering(self, transform_id: Any, table: TableInput) -> Any:
+        """Sphere ``table`` with a stored transform -> the sphered rows (DataFrame, or dict without pandas)."""
+        return self.download_table(self.sphere_table(transform_id, table).id)
+
+    def create_library(self, table: TableInput, *, id_col: str, annotations: Sequence[str] = ()) -> LibraryPublic:
+        """Build a reference library (rows sharing ``id_col`` are averaged); uploads ``table`` unless it is an id."""
+        body = {"table_id": self._table_id(table), "id_column": id_col, "annotations": list(annotations)}
+        return LibraryPublic.model_validate_json(self._send("POST", "/v1/libraries", json=body).content)
+
+    def libraries(self) -> list[LibraryPublic]:
+        return LibraryList.model_validate_json(self._send("GET", "/v1/libraries").content).data
+
+    def get_library(self, library_id: Any) -> LibraryPublic:
+        return LibraryPublic.model_validate_json(self._send("GET", f"/v1/libraries/{ref(library_id, 'library')}").content)
+
+    def delete_library(self, library_id: Any) -> None:
+        self._send("DELETE", f"/v1/libraries/{ref(library_id, 'library')}")
+
+    def match(
+        self, library_id: Any, queries: Any, *, id_col: str | None = None, top_k: int = 10, leave_one_out: bool = False
+    ) -> Any:
+        """Top-k cosine matches -> long table (query_id, rank, library_id, score, annotations...).
+
+        ``queries``: a table (id, path, bytes, DataFrame; uploaded unless an id), a (Q, D) array or
+        ``{"features": (Q, D), "ids": (Q,)}`` in the library's feature order. Returns a DataFrame with
+        pandas, else a list of row dicts.
+        """
+        profiles = inline_profiles(queries)
+        table_id = None if profiles is not None else self._table_id(queries)
+        body = match_body(table_id=table_id, profiles=profiles, id_col=id_col, top_k=top_k, leave_one_out=leave_one_out)
+        response = self._send("POST", f"/v1/libraries/{ref(library_id, 'library')}/match", json=body)
+        return matches_table(MatchResult.model_validate_json(response.content))
+
+    def evaluate(self, table: TableInput, *, id_col: str, annotation: str, sep: str | None = "|") -> dict[str, Any]:
+        """Retrieval metrics (mean_average_precision, ..._interpolated, folds_of_enrichment, n_queries, ...)."""
+        body = {"table_id": self._table_id(table), "id_column": id_col, "annotation": annotation, "separator": sep}
+        return Evaluation.model_validate_json(self._send("POST", "/v1/evaluate", json=body).content).model_dump()
+
+    def _table_id(self, table: TableInput) -> str:
+        stored = stored_table_id(table)
+        return stored if stored is not None else self.upload_table(table).id
+
     # -- models and health ----------------------------------------------------------------------
 
     def models(self) -> list[ModelPublic]:
@@ -176,7 +289,7 @@ class Client(BaseClient):
 
     def _send(
         self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None, upload: Upload | None = None,
+        headers: Mapping[str, str] | None = None, upload: Upload | None = None, json: Any = None,
     ) -> httpx.Response:
         attempt = 0
         while True:
@@ -186,7 +299,7 @@ class Client(BaseClient):
             try:
                 request = self._http.build_request(
                     method, path, params=params, headers=headers,
-                    files=upload.files if upload else None, data=upload.data if upload else None,
+                    files=upload.files if upload else None, data=upload.data if upload else None, json=json,
                 )
                 response = self._http.send(request)
                 self.log_request(request, response)

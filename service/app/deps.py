@@ -13,6 +13,7 @@ from cpcnn.schemas import API_KEY_HEADER
 from cpcnn.store import ModelStore
 from service.config import ApiSettings
 from service.metrics import ApiMetrics
+from service.profile_store import ProfileStore
 from service.queue import JobQueue
 from service.storage import JobStore
 
@@ -26,6 +27,7 @@ class ServiceState:
     jobs: JobStore
     queue: JobQueue
     metrics: ApiMetrics
+    profiles: ProfileStore
 
 
 def get_service(request: Request) -> ServiceState:

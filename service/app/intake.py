@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 
 import numpy as np
+from starlette.datastructures import UploadFile
 
 from cpcnn._types import NORMALIZATIONS, F64Array
 from cpcnn.crops import check_boxes_overlap
@@ -61,6 +62,16 @@ def job_id_for(sub: Submission) -> str:
 def _update(digest: hashlib._Hash, name: bytes, blob: bytes) -> None:
     digest.update(len(name).to_bytes(4, "big") + name + len(blob).to_bytes(8, "big"))
     digest.update(blob)
+
+
+async def read_part(part: UploadFile, name: str, limit: int) -> bytes:
+    """One multipart part's bytes; 413 past ``limit`` (by its declared size, else once read)."""
+    if part.size is not None and part.size > limit:
+        raise PayloadTooLarge(f"part {name} is {part.size} bytes, over the per-part limit of {limit}")
+    data = await part.read()
+    if len(data) > limit:
+        raise PayloadTooLarge(f"part {name} is {len(data)} bytes, over the per-part limit of {limit}")
+    return data
 
 
 def site_metadata(plate: str, well: str, site: str) -> dict[str, str]:

@@ -20,6 +20,7 @@ from service.app.middleware import BodyLimit, RequestMetrics
 from service.app.routes import ROOT_ROUTERS, V1_ROUTERS
 from service.config import ApiSettings
 from service.metrics import ApiMetrics
+from service.profile_store import ProfileStore
 from service.queue import JobQueue, LocalQueue
 from service.storage import JobStore
 from service.worker.runtime import Runtime
@@ -30,7 +31,8 @@ API_PREFIX = "/v1"
 DESCRIPTION = (
     "Cell Painting CNN-1 single-cell embeddings. Submit a five-channel field of view with nucleus "
     "locations (or ask for nuclei to be detected), then fetch one feature row per cell as JSON, Parquet "
-    "or .npy. Errors are RFC 9457 problem+json. Send `X-API-Key` when the server has a key."
+    "or .npy. Profiles: upload tables, fit and apply sphering, build reference libraries, match queries "
+    "and evaluate retrieval. Errors are RFC 9457 problem+json. Send `X-API-Key` when the server has a key."
 )
 
 
@@ -57,8 +59,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         jobs = JobStore(settings.resolved_data_dir())
         queue = build_queue(settings, jobs)
+        profiles = ProfileStore(settings.resolved_data_dir(), open_libraries=settings.open_libraries)
         service = ServiceState(settings=settings, models=settings.model_store(), jobs=jobs, queue=queue,
-                               metrics=ApiMetrics(queue.snapshot))
+                               metrics=ApiMetrics(queue.snapshot), profiles=profiles)
         queue.start()
         app.state.service = service
         janitor = asyncio.create_task(_prune_forever(jobs, settings))

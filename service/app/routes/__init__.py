@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.app.routes import health, jobs, models
+from service.app.routes import evaluation, health, jobs, libraries, models, tables, transforms
 
 #: Resource routers served under /v1 (a new resource = one module + one entry).
-V1_ROUTERS: list[APIRouter] = [jobs.router, models.router]
+V1_ROUTERS: list[APIRouter] = [
+    jobs.router, models.router, tables.router, transforms.router, libraries.router, evaluation.router,
+]
 
 #: Unversioned operational endpoints (/healthz, /readyz, /metrics).
 ROOT_ROUTERS: list[APIRouter] = [health.router]

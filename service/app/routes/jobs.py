@@ -16,7 +16,6 @@ from cpcnn.errors import (
     ConflictError,
     InputError,
     NotFoundError,
-    PayloadTooLarge,
     UnavailableError,
     UnsupportedMedia,
 )
@@ -31,7 +30,7 @@ from cpcnn.schemas import (
     JobStatus,
 )
 from service.app.deps import ApiKeyDep, ServiceDep, ServiceState
-from service.app.intake import Submission, job_id_for, prepare, site_metadata
+from service.app.intake import Submission, job_id_for, prepare, read_part, site_metadata
 from service.app.problems import problem_responses
 from service.app.results import negotiate, parquet_bytes
 from service.storage import check_job_id
@@ -82,9 +81,9 @@ async def create_job(
     parts = {"DNA": dna, "RNA": rna, "ER": er, "AGP": agp, "Mito": mito}
     sub = Submission(
         model=model or settings.default_model,
-        channels={name: await _read_part(part, name, settings.limits.max_part_bytes)
+        channels={name: await read_part(part, name, settings.limits.max_part_bytes)
                   for name, part in parts.items() if part is not None},
-        stack=await _read_part(image, "image", settings.limits.max_part_bytes) if image is not None else None,
+        stack=await read_part(image, "image", settings.limits.max_part_bytes) if image is not None else None,
         channel_order=channel_order,
         locations=await _read_locations(locations, settings.limits.max_part_bytes),
         metadata=site_metadata(plate, well, site),
@@ -169,20 +168,11 @@ async def delete_job(job_id: str, service: ServiceDep) -> Response:
     return Response(status_code=204)
 
 
-async def _read_part(part: UploadFile, name: str, limit: int) -> bytes:
-    if part.size is not None and part.size > limit:
-        raise PayloadTooLarge(f"part {name} is {part.size} bytes, over the per-part limit of {limit}")
-    data = await part.read()
-    if len(data) > limit:
-        raise PayloadTooLarge(f"part {name} is {len(data)} bytes, over the per-part limit of {limit}")
-    return data
-
-
 async def _read_locations(locations: UploadFile | str | None, limit: int) -> bytes | None:
     if locations is None:
         return None
     if isinstance(locations, StarletteUploadFile):
-        return await _read_part(locations, "locations", limit)
+        return await read_part(locations, "locations", limit)
     return str(locations).encode()
 
 

@@ -1,0 +1,107 @@
+"""Sphering transforms: fit on a stored table's control rows, list, describe, delete, apply.
+
+A transform's id hashes the table id, the control selector, lambda and the method: the same fit asked
+again returns the stored transform instead of refitting. Applying stores the sphered table (its id
+hashes the transform and table ids) and answers with that table; download its rows from
+``GET /v1/tables/{id}/data``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fastapi import APIRouter, Response
+from starlette.concurrency import run_in_threadpool
+
+from cpcnn.errors import NotFoundError
+from cpcnn.profiles import ControlSelector, fit_sphering
+from cpcnn.schemas import TablePublic, TableRef, TransformCreate, TransformList, TransformPublic
+from service.app.deps import ApiKeyDep, ServiceDep, ServiceState
+from service.app.problems import problem_responses
+from service.profile_store import artifact_id, check_id
+
+router = APIRouter(prefix="/transforms", tags=["transforms"], dependencies=[ApiKeyDep])
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=TransformPublic,
+    summary="Fit a sphering transform (ZCA) on a table's control rows",
+    responses=problem_responses(401, 404, 422),
+)
+async def create_transform(body: TransformCreate, response: Response, service: ServiceDep) -> TransformPublic:
+    transform = await run_in_threadpool(_fit, service, body)
+    response.headers["Location"] = f"/v1/transforms/{transform.id}"
+    return transform
+
+
+def _fit(service: ServiceState, body: TransformCreate) -> TransformPublic:
+    store = service.profiles
+    if not store.has_table(body.table_id):
+        raise NotFoundError(f"table {body.table_id} does not exist")
+    selector = ControlSelector.parse(body.controls)
+    transform_id = artifact_id("transform", body.table_id, str(selector), repr(float(body.lam)), body.method)
+    if store.has_transform(transform_id):
+        return store.transform_public(transform_id)
+    table = store.read_table(body.table_id)
+    sphering = fit_sphering(
+        table, controls=selector, lam=body.lam, method=body.method, source=f"table {body.table_id}"
+    )
+    sphering = dataclasses.replace(sphering, provenance={**sphering.provenance, "table_id": body.table_id})
+    return store.put_transform(sphering, transform_id)
+
+
+@router.get("", response_model=TransformList, summary="List transforms", responses=problem_responses(401))
+async def list_transforms(service: ServiceDep) -> TransformList:
+    data = await run_in_threadpool(service.profiles.transforms)
+    return TransformList(data=data, count=len(data))
+
+
+@router.get(
+    "/{transform_id}",
+    response_model=TransformPublic,
+    summary="One transform",
+    responses=problem_responses(401, 404),
+)
+async def get_transform(transform_id: str, service: ServiceDep) -> TransformPublic:
+    return await run_in_threadpool(service.profiles.transform_public, transform_id)
+
+
+@router.delete(
+    "/{transform_id}", status_code=204, summary="Delete a transform", responses=problem_responses(401, 404)
+)
+async def delete_transform(transform_id: str, service: ServiceDep) -> Response:
+    await run_in_threadpool(service.profiles.delete_transform, transform_id)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/{transform_id}/apply",
+    status_code=201,
+    response_model=TablePublic,
+    summary="Sphere a stored table; the result is stored as a new table",
+    responses=problem_responses(401, 404, 422),
+)
+async def apply_transform(
+    transform_id: str, body: TableRef, response: Response, service: ServiceDep
+) -> TablePublic:
+    table = await run_in_threadpool(_apply, service, transform_id, body.table_id)
+    response.headers["Location"] = f"/v1/tables/{table.id}"
+    return table
+
+
+def _apply(service: ServiceState, transform_id: str, table_id: str) -> TablePublic:
+    store = service.profiles
+    sphering = store.transform(transform_id)
+    source = store.table_public(table_id)
+    sphered_id = artifact_id("sphered", check_id(transform_id, "transform"), table_id)
+    if store.has_table(sphered_id):
+        return store.table_public(sphered_id)
+    sphered = sphering.apply(store.read_table(table_id))
+    return store.put_table(
+        sphered,
+        sphered_id,
+        name=f"{source.name} (sphered)",
+        provenance={"transform_id": transform_id, "table_id": table_id},
+    )

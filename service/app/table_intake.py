@@ -1,0 +1,145 @@
+"""Uploaded bytes -> a profile table: detect the format, bound the size, check the features.
+
+The format comes from the bytes (a file name only has to agree): Parquet starts with ``PAR1``, gzip
+with 1f 8b (CSV inside), anything else must be UTF-8 CSV. Bytes that decode as none of these are 415;
+a decodable table that is not a profile table (no rows, non-numeric or infinite features, unknown
+feature names) is 422. The stored table holds exactly the ``Metadata_*`` columns and the features,
+as float32, so every later operation sees the same features without being told again.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cpcnn.errors import InputError, PayloadTooLarge, UnsupportedMedia
+from cpcnn.profiles.tables import METADATA_PREFIX, feature_columns, feature_matrix, metadata_columns
+from service.config import Limits
+from service.profile_store import artifact_id
+
+_PARQUET_MAGIC = b"PAR1"
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def table_id_for(data: bytes, features: Sequence[str] | None) -> str:
+    """Same bytes and feature list, same table id."""
+    return artifact_id("table", json.dumps(None if features is None else list(features)), data)
+
+
+def split_names(values: Sequence[str] | None) -> list[str] | None:
+    """Form values -> names; each value may hold several names separated by commas or newlines."""
+    if values is None:
+        return None
+    names = [name.strip() for value in values for name in value.replace("\n", ",").split(",")]
+    return [name for name in names if name]
+
+
+def decode_table(data: bytes, filename: str, features: Sequence[str] | None, limits: Limits) -> pd.DataFrame:
+    """Upload bytes -> Metadata_* columns plus float32 feature columns (InputError subclasses otherwise)."""
+    name = filename.lower()
+    if data.startswith(_PARQUET_MAGIC):
+        table = _read_parquet(data, filename, limits)
+    elif name.endswith((".parquet", ".pq")):
+        raise UnsupportedMedia(f"{filename} is not a Parquet file (no PAR1 header)")
+    elif data.startswith(_GZIP_MAGIC):
+        table = _read_csv(_gunzip(data, filename, limits.max_table_bytes), filename)
+    elif name.endswith(".gz"):
+        raise UnsupportedMedia(f"{filename} is not gzip-compressed")
+    else:
+        if len(data) > limits.max_table_bytes:
+            raise PayloadTooLarge(
+                f"{filename}: {len(data)} bytes of CSV is over the limit of {limits.max_table_bytes}"
+            )
+        table = _read_csv(data, filename)
+    if table.size > limits.max_table_values:
+        raise PayloadTooLarge(
+            f"{filename}: {table.shape[0]} rows x {table.shape[1]} columns is over the limit "
+            f"of {limits.max_table_values} values"
+        )
+    return profile_table(table, features, what=filename)
+
+
+def profile_table(table: pd.DataFrame, features: Sequence[str] | None, *, what: str) -> pd.DataFrame:
+    """Keep Metadata_* and the features (float32, finite or NaN); other columns are dropped."""
+    columns = [str(c) for c in table.columns]
+    duplicated = sorted({c for c in columns if columns.count(c) > 1})
+    if duplicated:
+        raise InputError(f"{what}: duplicate column names: {', '.join(duplicated[:5])}")
+    table = table.set_axis(columns, axis=1)
+    if len(table) == 0:
+        raise InputError(f"{what}: the table has no rows")
+    if features is not None:
+        if len(set(features)) != len(features):
+            raise InputError(f"{what}: the feature list names a column more than once")
+        named_meta = [f for f in features if f.startswith(METADATA_PREFIX)]
+        if named_meta:
+            raise InputError(
+                f"{what}: {METADATA_PREFIX}* columns describe rows and cannot be features "
+                f"({', '.join(named_meta[:3])})"
+            )
+    try:
+        names = feature_columns(table, features)
+    except InputError as exc:
+        raise InputError(f"{what}: {exc}") from exc
+    values = feature_matrix(table, names)
+    infinite = np.flatnonzero(np.isinf(values).any(axis=0))
+    if len(infinite):
+        bad = [names[i] for i in infinite]
+        raise InputError(
+            f"{what}: infinite values (or values beyond float32) in features {', '.join(bad[:5])}"
+        )
+    meta = metadata_columns(table)
+    return pd.concat([table.loc[:, meta].reset_index(drop=True), pd.DataFrame(values, columns=names)], axis=1)
+
+
+def _read_parquet(data: bytes, filename: str, limits: Limits) -> pd.DataFrame:
+    try:
+        handle = pq.ParquetFile(io.BytesIO(data))
+        size = handle.metadata.num_rows * handle.metadata.num_columns
+        if size > limits.max_table_values:
+            raise PayloadTooLarge(
+                f"{filename}: {handle.metadata.num_rows} rows x {handle.metadata.num_columns} "
+                f"columns is over the limit of {limits.max_table_values} values"
+            )
+        return handle.read().to_pandas()
+    except (pa.ArrowException, OSError, ValueError, TypeError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise UnsupportedMedia(f"{filename} is not a readable Parquet file ({_short(exc)})") from exc
+
+
+def _gunzip(data: bytes, filename: str, limit: int) -> bytes:
+    """Decompress at most ``limit`` bytes: a small upload must not expand without bound."""
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+            raw = stream.read(limit + 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise UnsupportedMedia(f"{filename} is not valid gzip ({_short(exc)})") from exc
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"{filename} decompresses to more than the limit of {limit} bytes")
+    return raw
+
+
+def _read_csv(data: bytes, filename: str) -> pd.DataFrame:
+    if b"\x00" in data[:65536]:
+        raise UnsupportedMedia(f"{filename} is binary, not CSV, CSV.gz or Parquet")
+    try:
+        return pd.read_csv(io.BytesIO(data), encoding="utf-8", low_memory=False)
+    except UnicodeDecodeError as exc:
+        raise UnsupportedMedia(f"{filename} is not UTF-8 CSV, CSV.gz or Parquet") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise InputError(f"{filename}: the table is empty (no header row)") from exc
+    except (pd.errors.ParserError, ValueError, OverflowError) as exc:
+        raise InputError(f"{filename}: unreadable CSV ({_short(exc)})") from exc
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__

@@ -1,0 +1,327 @@
+"""Profile artifacts on disk: uploaded tables, sphering transforms and reference libraries.
+
+Layout under the data directory; every id is 32 hex digits, a content hash of what made the artifact,
+so a path is safe to build from it and the same request finds the same artifact::
+
+    profiles/tables/<id>.parquet     Metadata_* + float32 features; name and origin in the footer
+    profiles/transforms/<id>.npz     a ``Sphering`` file (plain arrays, no pickle)
+    profiles/libraries/<id>/         a ``Library`` folder (features.npy is memory-mapped) + origin.json
+
+Every artifact is written under a dot-name and renamed into place, so a crash never leaves half of
+one and an existing artifact is never overwritten. Libraries stay open (memory-mapped) in a small
+LRU: a query costs one matrix product over mapped pages, not a read of the library.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cpcnn.errors import InputError, NotFoundError
+from cpcnn.profiles import Library, Sphering
+from cpcnn.profiles.tables import ROW_GROUP_ROWS, metadata_columns
+from cpcnn.schemas import LibraryPublic, TablePublic, TransformPublic
+
+_ID = re.compile(r"^[0-9a-f]{32}$")
+_TABLE_META = b"cpcnn-table"
+_ORIGIN = "origin.json"
+#: Dot-named leftovers of a crashed write older than this are removed at start.
+_STALE_S = 3600.0
+T = TypeVar("T")
+
+
+def artifact_id(kind: str, *parts: str | bytes) -> str:
+    """Content hash of an artifact's inputs: 32 hex digits."""
+    digest = hashlib.sha256(f"cpcnn-{kind}-v1".encode())
+    for part in parts:
+        blob = part if isinstance(part, bytes) else part.encode()
+        digest.update(len(blob).to_bytes(8, "big") + blob)
+    return digest.hexdigest()[:32]
+
+
+def check_id(artifact_id: str, kind: str) -> str:
+    """Ids are 32 hex digits; anything else cannot exist (and never reaches the filesystem)."""
+    if not _ID.match(artifact_id):
+        raise NotFoundError(f"{kind} {artifact_id!r} does not exist (ids are 32 hexadecimal digits)")
+    return artifact_id
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _when(text: str | None, path: Path) -> dt.datetime:
+    """A recorded ISO time, else the file's modification time."""
+    if text:
+        return dt.datetime.fromisoformat(text)
+    return dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC)
+
+
+class ProfileStore:
+    """Tables, transforms and libraries under ``root/profiles``."""
+
+    def __init__(self, root: Path, *, open_libraries: int = 8) -> None:
+        self.root = Path(root) / "profiles"
+        self.tables_dir = self.root / "tables"
+        self.transforms_dir = self.root / "transforms"
+        self.libraries_dir = self.root / "libraries"
+        for folder in (self.tables_dir, self.transforms_dir, self.libraries_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+            _remove_stale(folder)
+        self._capacity = open_libraries
+        self._open: OrderedDict[str, Library] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # -- tables ---------------------------------------------------------------------------------
+
+    def table_path(self, table_id: str) -> Path:
+        return self.tables_dir / f"{check_id(table_id, 'table')}.parquet"
+
+    def has_table(self, table_id: str) -> bool:
+        return self.table_path(table_id).is_file()
+
+    def put_table(
+        self, table: pd.DataFrame, table_id: str, *, name: str, provenance: dict[str, str]
+    ) -> TablePublic:
+        """Store a table (Metadata_* + float32 features) unless one with this id exists."""
+        path = self.table_path(table_id)
+        if not path.is_file():
+            try:
+                arrow = pa.Table.from_pandas(table, preserve_index=False)
+            except (pa.ArrowException, TypeError, ValueError) as exc:
+                raise InputError(f"{name}: columns that cannot be stored as Parquet ({exc})") from exc
+            info = {"name": name, "created_at": _now(), "provenance": provenance}
+            arrow = arrow.replace_schema_metadata(
+                {**(arrow.schema.metadata or {}), _TABLE_META: json.dumps(info)}
+            )
+            meta = metadata_columns(table)
+            _atomic(
+                path,
+                lambda tmp: pq.write_table(
+                    arrow, tmp, row_group_size=ROW_GROUP_ROWS, use_dictionary=meta or False
+                ),
+            )
+        return self.table_public(table_id)
+
+    def table_public(self, table_id: str) -> TablePublic:
+        """From the Parquet footer alone: no rows are read."""
+        try:
+            footer = pq.read_metadata(self.table_path(table_id))
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"table {table_id} does not exist") from exc
+        schema = footer.schema.to_arrow_schema()
+        info = json.loads((schema.metadata or {}).get(_TABLE_META, b"{}"))
+        names = list(schema.names)
+        meta = [n for n in names if n.startswith("Metadata_")]
+        return TablePublic(
+            id=table_id,
+            name=info.get("name", ""),
+            n_rows=footer.num_rows,
+            n_features=len(names) - len(meta),
+            metadata_columns=meta,
+            feature_names=[n for n in names if not n.startswith("Metadata_")],
+            created_at=_when(info.get("created_at"), self.table_path(table_id)),
+            provenance=info.get("provenance", {}),
+        )
+
+    def read_table(self, table_id: str) -> pd.DataFrame:
+        try:
+            return pd.read_parquet(self.table_path(table_id))
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"table {table_id} does not exist") from exc
+
+    def tables(self) -> list[TablePublic]:
+        return _sorted(self._each(self.tables_dir, ".parquet", self.table_public))
+
+    def delete_table(self, table_id: str) -> None:
+        _delete(self.table_path(table_id), f"table {table_id}")
+
+    # -- transforms -----------------------------------------------------------------------------
+
+    def transform_path(self, transform_id: str) -> Path:
+        return self.transforms_dir / f"{check_id(transform_id, 'transform')}.npz"
+
+    def has_transform(self, transform_id: str) -> bool:
+        return self.transform_path(transform_id).is_file()
+
+    def put_transform(self, sphering: Sphering, transform_id: str) -> TransformPublic:
+        path = self.transform_path(transform_id)
+        if not path.is_file():
+            _atomic(path, sphering.save)
+        return self.transform_public(transform_id)
+
+    def transform(self, transform_id: str) -> Sphering:
+        path = self.transform_path(transform_id)
+        if not path.is_file():
+            raise NotFoundError(f"transform {transform_id} does not exist")
+        return Sphering.load(path)
+
+    def transform_public(self, transform_id: str) -> TransformPublic:
+        sphering = self.transform(transform_id)
+        provenance = {str(k): str(v) for k, v in sphering.provenance.items()}
+        return TransformPublic.model_validate(
+            {
+                "id": transform_id,
+                "table_id": provenance.get("table_id", ""),
+                "method": sphering.method,
+                "lambda": sphering.lam,
+                "controls": provenance.get("controls", ""),
+                "n_controls": sphering.n_controls,
+                "n_features": len(sphering.features),
+                "rank": sphering.rank,
+                "rank_deficient": sphering.rank_deficient,
+                "warnings": list(sphering.warnings),
+                "feature_names": list(sphering.features),
+                "created_at": _when(provenance.get("created"), self.transform_path(transform_id)),
+                "provenance": provenance,
+            }
+        )
+
+    def transforms(self) -> list[TransformPublic]:
+        return _sorted(self._each(self.transforms_dir, ".npz", self.transform_public))
+
+    def delete_transform(self, transform_id: str) -> None:
+        _delete(self.transform_path(transform_id), f"transform {transform_id}")
+
+    # -- libraries ------------------------------------------------------------------------------
+
+    def library_dir(self, library_id: str) -> Path:
+        return self.libraries_dir / check_id(library_id, "library")
+
+    def has_library(self, library_id: str) -> bool:
+        return (self.library_dir(library_id) / _ORIGIN).is_file()
+
+    def put_library(self, library: Library, library_id: str, *, table_id: str) -> LibraryPublic:
+        """Save the library folder and its origin, renamed into place together."""
+        target = self.library_dir(library_id)
+        if not self.has_library(library_id):
+            staging = Path(tempfile.mkdtemp(prefix=f".{library_id}-", dir=self.libraries_dir))
+            try:
+                folder = library.save(staging / "library")
+                (folder / _ORIGIN).write_text(json.dumps({"table_id": table_id, "created_at": _now()}))
+                try:
+                    os.rename(folder, target)
+                except OSError:  # an identical request saved it a moment ago
+                    if not self.has_library(library_id):
+                        raise
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        return self.library_public(library_id)
+
+    def library_public(self, library_id: str) -> LibraryPublic:
+        folder = self.library_dir(library_id)
+        try:
+            origin = json.loads((folder / _ORIGIN).read_text())
+            meta = json.loads((folder / "library.json").read_text())
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"library {library_id} does not exist") from exc
+        return LibraryPublic(
+            id=library_id,
+            table_id=origin["table_id"],
+            id_column=meta["id_column"],
+            annotation_columns=meta["annotation_columns"],
+            n_profiles=meta["n_rows"],
+            n_features=len(meta["feature_names"]),
+            feature_names=meta["feature_names"],
+            created_at=_when(origin.get("created_at"), folder / _ORIGIN),
+        )
+
+    def library(self, library_id: str) -> Library:
+        """The open (memory-mapped) library; opened once, then served from the LRU."""
+        folder = self.library_dir(library_id)
+        with self._lock:
+            if not (folder / _ORIGIN).is_file():  # deleted, possibly by another replica
+                self._open.pop(library_id, None)
+                raise NotFoundError(f"library {library_id} does not exist")
+            library = self._open.get(library_id)
+            if library is None:
+                library = Library.load(folder, mmap=True)
+                self._open[library_id] = library
+                while len(self._open) > self._capacity:
+                    self._open.popitem(last=False)
+            self._open.move_to_end(library_id)
+            return library
+
+    def open_libraries(self) -> list[str]:
+        """Ids of the libraries held open, least recently used first."""
+        with self._lock:
+            return list(self._open)
+
+    def libraries(self) -> list[LibraryPublic]:
+        return _sorted(self._each(self.libraries_dir, "", self.library_public))
+
+    def delete_library(self, library_id: str) -> None:
+        folder = self.library_dir(library_id)
+        with self._lock:
+            self._open.pop(library_id, None)
+        _delete(folder, f"library {library_id}")
+
+    # -- listing --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _each(folder: Path, suffix: str, public: Callable[[str], T]) -> Iterator[T]:
+        for path in folder.iterdir():
+            stem = path.name.removesuffix(suffix) if suffix else path.name
+            if path.name.endswith(suffix) and _ID.match(stem):
+                try:
+                    yield public(stem)
+                except (NotFoundError, InputError, OSError):  # deleted or being deleted meanwhile
+                    continue
+
+
+def _sorted(items: Iterator[Any]) -> list[Any]:
+    return sorted(items, key=lambda item: (item.created_at, item.id))
+
+
+def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)`` then rename onto ``path``: readers see the whole file or none."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _delete(path: Path, what: str) -> None:
+    """Rename away first, so a concurrent reader sees the artifact whole or gone, never half deleted."""
+    trash = path.parent / f".deleted-{path.name}-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        os.rename(path, trash)
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"{what} does not exist") from exc
+    if trash.is_dir():
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        trash.unlink(missing_ok=True)
+
+
+def _remove_stale(folder: Path) -> None:
+    cutoff = time.time() - _STALE_S
+    for path in folder.glob(".*"):
+        try:
+            if path.stat().st_mtime >= cutoff:
+                continue
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError:
+            continue
