@@ -79,11 +79,14 @@ def crop_cells(
     *,
     crop_size: int = CROP_SIZE,
     normalization: Normalization | None = "minmax",
+    out: F32Array | None = None,
 ) -> F32Array:
     """image (H, W, C) float32 + centers (N, 2) float64 (x = column, y = row) -> (N, B, B, C) float32.
 
     Zero cells give a (0, B, B, C) array. A box entirely outside the image is an InputError;
     partly outside is zero-filled like the reference. ``normalization=None`` returns raw samples.
+    ``out``: a C-contiguous (N, B, B, C) float32 array to fill; reusing one saves the page faults of
+    a fresh 0.3 MB-per-cell allocation, which cost more than the cropping itself.
     """
     if image.ndim != 3:
         raise InputError(f"image must be (height, width, channels), got shape {image.shape}")
@@ -91,7 +94,7 @@ def crop_cells(
     centers = _as_centers(centers)
     n_cells = centers.shape[0]
     if n_cells == 0:
-        return np.zeros((0, crop_size, crop_size, n_channels), np.float32)
+        return np.zeros((0, crop_size, crop_size, n_channels), np.float32) if out is None else out
     check_boxes_overlap(centers, height, width, crop_size=crop_size)
     ys = axis_samples(centers[:, 1], height, crop_size=crop_size)
     xs = axis_samples(centers[:, 0], width, crop_size=crop_size)
@@ -104,7 +107,12 @@ def crop_cells(
     # Arrays are viewed as (rows, columns * C) so every inner loop runs over contiguous memory.
     plane = image.reshape(height, width * n_channels)
     x_weight = np.repeat(xs.weight, n_channels, axis=1)  # (N, B * C)
-    crops = np.empty((n_cells, crop_size, crop_size * n_channels), np.float32)
+    shape = (n_cells, crop_size, crop_size, n_channels)
+    if out is None:
+        out = np.empty(shape, np.float32)
+    elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {shape}")
+    crops = out.reshape(n_cells, crop_size, crop_size * n_channels)
     rows = np.empty((crop_size + 2, crop_size * n_channels), np.float32)
     for cell in range(n_cells):
         top, left = int(ys.floor[cell, 0]), int(xs.floor[cell, 0])

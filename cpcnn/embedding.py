@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
 from cpcnn._types import F32Array, F64Array, Normalization
-from cpcnn.crops import crop_cells
+from cpcnn.crops import check_boxes_overlap, crop_cells
 from cpcnn.errors import CpcnnError, InputError
+from cpcnn.locations import validate_centers
 from cpcnn.manifest import ModelManifest
 from cpcnn.store import StoredModel
 
@@ -30,7 +30,7 @@ Key = TypeVar("Key")
 SiteLoader = Callable[[], tuple[F32Array, F64Array]]
 
 #: Cells per ONNX Runtime call; measured fastest on CPU (bench/embed.py), GPUs like bigger batches.
-DEFAULT_CPU_BATCH = 64
+DEFAULT_CPU_BATCH = 16
 DEFAULT_GPU_BATCH = 256
 
 
@@ -114,17 +114,14 @@ class Embedder:
         step = self.info.batch_size
         for start in range(0, crops.shape[0], step):
             batch = np.ascontiguousarray(crops[start : start + step], dtype=np.float32)
-            with self._lock:
-                out[start : start + step] = self._session.run(None, {self._input: batch})[0]
+            out[start : start + step] = self._run(batch)
         return out
 
-    def crop(self, image: F32Array, centers: F64Array, *, normalization: Normalization | None = None) -> F32Array:
+    def crop(
+        self, image: F32Array, centers: F64Array, *, normalization: Normalization | None = None
+    ) -> F32Array:
         """(H, W, C) image + (N, 2) centres -> normalized crops as this model expects them."""
-        if image.ndim != 3 or image.shape[2] != len(self.manifest.channels):
-            raise InputError(
-                f"model {self.manifest.name} expects {len(self.manifest.channels)} channels "
-                f"({', '.join(self.manifest.channels)}), image has shape {image.shape}"
-            )
+        self._check_site(image, centers)
         return crop_cells(
             image,
             centers,
@@ -136,32 +133,86 @@ class Embedder:
         self, image: F32Array, centers: F64Array, *, normalization: Normalization | None = None
     ) -> F32Array:
         """One field of view: (H, W, C) + (N, 2) centres -> (N, D) float32 features, rows in input order."""
-        return self.embed_crops(self.crop(image, centers, normalization=normalization))
+        [(_, features)] = self.embed_sites([(None, lambda: (image, centers))], normalization=normalization)
+        return features
 
     def embed_sites(
         self,
         sites: Iterable[tuple[Key, SiteLoader]],
         *,
         normalization: Normalization | None = None,
-        prefetch: int = 1,
+        prefetch: int = 3,
     ) -> Iterator[tuple[Key, F32Array]]:
         """(key, loader) stream -> (key, features) stream, in order; a loader returns (image, centres).
 
-        Loading (decoding) and cropping of the next ``prefetch`` sites run in a helper thread while
-        ONNX Runtime embeds the current one; both release the GIL, so they overlap.
+        A helper thread loads (decodes) each site and crops it one inference batch at a time into a
+        few reused buffers, ``prefetch`` batches ahead, while ONNX Runtime embeds the previous batch:
+        both release the GIL, so they overlap, and memory stays bounded however many cells a site has.
         """
+        method = normalization or self.manifest.normalization
+        side, n_channels, step = self.manifest.crop_size, len(self.manifest.channels), self.info.batch_size
+        free: queue.Queue[F32Array] = queue.Queue()
+        for _ in range(prefetch + 1):
+            free.put(np.empty((step, side, side, n_channels), np.float32))
+        ready: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        stop = threading.Event()
 
-        def prepare(loader: SiteLoader) -> F32Array:
-            image, centers = loader()
-            return self.crop(image, centers, normalization=normalization)
+        def produce() -> None:
+            try:
+                for key, loader in sites:
+                    image, centers = loader()
+                    centers = validate_centers(centers)
+                    self._check_site(image, centers)
+                    ready.put(("site", key, centers.shape[0]))
+                    for start in range(0, centers.shape[0], step):
+                        buffer = free.get()
+                        if stop.is_set():
+                            return
+                        chunk = centers[start : start + step]
+                        crop_cells(
+                            image, chunk, crop_size=side, normalization=method, out=buffer[: len(chunk)]
+                        )
+                        ready.put(("crops", buffer, len(chunk)))
+                ready.put(("end",))
+            except BaseException as exc:  # handed to the consumer, which re-raises it
+                ready.put(("error", exc))
 
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpcnn-crop") as pool:
-            pending: deque[tuple[Key, Future[F32Array]]] = deque()
-            for key, loader in sites:
-                pending.append((key, pool.submit(prepare, loader)))
-                if len(pending) > prefetch:
-                    done_key, crops = pending.popleft()
-                    yield done_key, self.embed_crops(crops.result())
-            while pending:
-                done_key, crops = pending.popleft()
-                yield done_key, self.embed_crops(crops.result())
+        producer = threading.Thread(target=produce, name="cpcnn-crop", daemon=True)
+        producer.start()
+        try:
+            while True:
+                item = ready.get()
+                if item[0] == "end":
+                    return
+                if item[0] == "error":
+                    raise item[1]
+                _, key, n_cells = item
+                features = np.empty((n_cells, self.feature_size), np.float32)
+                for start in range(0, n_cells, step):
+                    item = ready.get()
+                    if item[0] == "error":
+                        raise item[1]
+                    _, buffer, count = item
+                    features[start : start + count] = self._run(buffer[:count])
+                    free.put(buffer)
+                yield key, features
+        finally:
+            stop.set()
+            free.put(np.empty((0, side, side, n_channels), np.float32))  # unblock a waiting producer
+            producer.join()
+
+    def _run(self, batch: F32Array) -> F32Array:
+        with self._lock:
+            result: F32Array = self._session.run(None, {self._input: batch})[0]
+        return result
+
+    def _check_site(self, image: F32Array, centers: F64Array) -> None:
+        """Channel count and box placement for the whole site, so errors name the site's own rows."""
+        if image.ndim != 3 or image.shape[2] != len(self.manifest.channels):
+            raise InputError(
+                f"model {self.manifest.name} expects {len(self.manifest.channels)} channels "
+                f"({', '.join(self.manifest.channels)}), image has shape {image.shape}"
+            )
+        check_boxes_overlap(
+            validate_centers(centers), image.shape[0], image.shape[1], crop_size=self.manifest.crop_size
+        )

@@ -23,8 +23,8 @@ from service.worker.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
-#: Cells cropped at once; bounds memory (a 128x128x5 float32 crop is 320 KiB).
-CROP_CHUNK = 1024
+#: Cells cropped at once; bounds memory (a 128x128x5 float32 crop is 320 KiB, so 80 MiB).
+CROP_CHUNK = 256
 
 
 @dataclass
