@@ -10,9 +10,10 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from dataclasses import dataclass, replace
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -32,6 +33,14 @@ SiteLoader = Callable[[], tuple[F32Array, F64Array]]
 #: Cells per ONNX Runtime call; measured fastest on CPU (bench/embed.py), GPUs like bigger batches.
 DEFAULT_CPU_BATCH = 16
 DEFAULT_GPU_BATCH = 256
+#: What ``batch_size="auto"`` tries, on the CPU (False) and on a GPU (True).
+BATCH_CANDIDATES = {False: (8, 16, 32, 64), True: (64, 128, 256, 512)}
+
+
+def _timed(function: Callable[[F32Array], object], argument: F32Array) -> float:
+    started = time.perf_counter()
+    function(argument)
+    return time.perf_counter() - started
 
 
 def physical_cores() -> int:
@@ -60,8 +69,12 @@ class Embedder:
         *,
         device: str = "auto",
         threads: int | None = None,
-        batch_size: int | None = None,
+        batch_size: int | Literal["auto"] | None = None,
     ) -> None:
+        """``batch_size``: cells per ONNX Runtime call; None = the device default, "auto" = measure
+        :data:`BATCH_CANDIDATES` now (a second or two) and keep the fastest."""
+        if device not in ("auto", "cpu", "cuda"):
+            raise InputError(f"unknown device {device!r}; expected auto, cpu or cuda")
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -84,20 +97,47 @@ class Embedder:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self._session = ort.InferenceSession(str(model.onnx_path), sess_options=options, providers=providers)
         active = self._session.get_providers()[0]
-        if device == "auto" and active != "CUDAExecutionProvider":
-            logger.info("no CUDA provider in this ONNX Runtime; running %s on the CPU", model.manifest.name)
         on_gpu = active == "CUDAExecutionProvider"
+        if providers[0] == "CUDAExecutionProvider" and not on_gpu:
+            logger.warning(
+                "CUDA provider failed to load (driver/CUDA/cuDNN?); running %s on the CPU", self.manifest.name
+            )
+        elif device == "auto" and not on_gpu:
+            logger.info("no CUDA provider in this ONNX Runtime; running %s on the CPU", self.manifest.name)
+        self._input = self._session.get_inputs()[0].name
+        self._lock = threading.Lock()
+        default = DEFAULT_GPU_BATCH if on_gpu else DEFAULT_CPU_BATCH
         self.info = RuntimeInfo(
             provider=active,
             threads=options.intra_op_num_threads,
-            batch_size=batch_size or (DEFAULT_GPU_BATCH if on_gpu else DEFAULT_CPU_BATCH),
+            batch_size=default if batch_size in (None, "auto") else int(batch_size),  # type: ignore[arg-type]
         )
-        self._input = self._session.get_inputs()[0].name
-        self._lock = threading.Lock()
+        if batch_size == "auto":
+            self.info = replace(self.info, batch_size=self.fastest_batch_size(BATCH_CANDIDATES[on_gpu]))
+        elif self.info.batch_size < 1:
+            raise InputError(f"batch size must be at least 1, got {self.info.batch_size}")
 
     @property
     def feature_size(self) -> int:
         return self.manifest.feature_size
+
+    def fastest_batch_size(self, candidates: Sequence[int], *, repeats: int = 3) -> int:
+        """Time each batch size on zero crops (best of ``repeats``) and return the most cells/s."""
+        side, n_channels = self.manifest.crop_size, len(self.manifest.channels)
+        rates = {}
+        for size in candidates:
+            crops = np.zeros((size, side, side, n_channels), np.float32)
+            self._run(crops)
+            best = min(_timed(self._run, crops) for _ in range(repeats))
+            rates[size] = size / best
+        fastest = max(rates, key=lambda size: rates[size])
+        logger.info(
+            "batch size %d is fastest on %s (%s cells/s by size)",
+            fastest,
+            self.info.provider,
+            {size: round(rate) for size, rate in rates.items()},
+        )
+        return fastest
 
     def warmup(self, batch_sizes: Sequence[int] | None = None) -> None:
         """Run each batch shape once so the first real request does not pay for allocation/tuning."""

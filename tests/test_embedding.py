@@ -60,3 +60,18 @@ def test_missing_model_file(tmp_path: Path) -> None:
 
     with pytest.raises(NotFoundError, match="not in the store"):
         ModelStore(tmp_path).get("cnn1")
+
+
+def test_auto_batch_size_picks_a_measured_candidate(tmp_path: Path) -> None:
+    from cpcnn.embedding import BATCH_CANDIDATES
+
+    tuned = Embedder(save_tiny_model(tmp_path / "models"), device="cpu", batch_size="auto")
+    assert tuned.info.batch_size in BATCH_CANDIDATES[False]
+
+
+def test_bad_device_and_batch_size(tmp_path: Path) -> None:
+    model = save_tiny_model(tmp_path / "models")
+    with pytest.raises(InputError, match="unknown device 'gpu'"):
+        Embedder(model, device="gpu")
+    with pytest.raises(InputError, match="at least 1"):
+        Embedder(model, device="cpu", batch_size=-3)

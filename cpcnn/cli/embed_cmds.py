@@ -33,10 +33,24 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--site", default="", help="Metadata_Site to record")
     parser.add_argument("--normalization", choices=NORMALIZATIONS, help="override the model's crop normalization")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--batch-size", type=int, help="cells per inference call")
+    parser.add_argument(
+        "--batch-size", type=_batch_size, help="cells per inference call, or 'auto' to measure the fastest"
+    )
     parser.add_argument("--threads", type=int, help="inference threads (default: all cores)")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
     parser.set_defaults(func=cmd_embed)
+
+
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return value
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
