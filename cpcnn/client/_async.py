@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from cpcnn.client._base import (
+    LONG_POLL_S,
     BaseClient,
     ImagesInput,
     ResultFormat,
@@ -46,8 +47,6 @@ from cpcnn.schemas import (
     TransformList,
     TransformPublic,
 )
-
-_LONG_POLL_S = 30.0
 
 
 class AsyncClient(BaseClient):
@@ -91,7 +90,7 @@ class AsyncClient(BaseClient):
         """See ``Client.embed``."""
         job = await self.submit(images, locations, metadata, model, detect_nuclei=detect_nuclei,
                                 normalization=normalization, channel_order=channel_order,
-                                wait=min(timeout, _LONG_POLL_S))
+                                wait=min(timeout, LONG_POLL_S))
         job = await self.wait(job.id, timeout=timeout) if not job.status.finished else self.check_finished(job)
         return await self.result(job.id)
 
@@ -147,7 +146,7 @@ class AsyncClient(BaseClient):
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
-            job = await self.job(job_id, wait=max(0.0, min(remaining, _LONG_POLL_S)))
+            job = await self.job(job_id, wait=max(0.0, min(remaining, LONG_POLL_S)))
             if job.status.finished:
                 return self.check_finished(job)
             if time.monotonic() >= deadline:

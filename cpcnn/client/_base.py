@@ -39,6 +39,8 @@ ImageInput = str | PathLike[str] | bytes | np.ndarray
 ImagesInput = Mapping[str, ImageInput] | ImageInput
 ResultFormat = Literal["table", "numpy", "json"]
 RETRY_STATUSES = frozenset({502, 503, 504})
+#: Longest single server-side wait per request (the server caps it too).
+LONG_POLL_S = 30.0
 _METADATA_KEYS = {"plate": "Metadata_Plate", "well": "Metadata_Well", "site": "Metadata_Site"}
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from cpcnn.client._base import (
+    LONG_POLL_S,
     BaseClient,
     ImagesInput,
     ResultFormat,
@@ -46,9 +47,6 @@ from cpcnn.schemas import (
     TransformList,
     TransformPublic,
 )
-
-#: Longest single server-side wait per request (the server caps it too).
-_LONG_POLL_S = 30.0
 
 
 class Client(BaseClient):
@@ -99,7 +97,7 @@ class Client(BaseClient):
         column arrays. Raises ``JobFailed``, ``BadRequest`` etc. with the server's message.
         """
         job = self.submit(images, locations, metadata, model, detect_nuclei=detect_nuclei,
-                          normalization=normalization, channel_order=channel_order, wait=min(timeout, _LONG_POLL_S))
+                          normalization=normalization, channel_order=channel_order, wait=min(timeout, LONG_POLL_S))
         job = self.wait(job.id, timeout=timeout) if not job.status.finished else self.check_finished(job)
         return self.result(job.id)
 
@@ -163,7 +161,7 @@ class Client(BaseClient):
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
-            job = self.job(job_id, wait=max(0.0, min(remaining, _LONG_POLL_S)))
+            job = self.job(job_id, wait=max(0.0, min(remaining, LONG_POLL_S)))
             if job.status.finished:
                 return self.check_finished(job)
             if time.monotonic() >= deadline:
