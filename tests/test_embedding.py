@@ -31,7 +31,7 @@ def test_embed_site_batches_and_keeps_row_order(embedder: Embedder) -> None:
 def test_embed_sites_pipeline_equals_one_by_one(embedder: Embedder) -> None:
     sites = [synthetic_site(n_cells=n, seed=n) for n in (3, 7, 0, 5)]
     loaders = [(i, lambda s=s: (read_site(s[0]), s[1])) for i, s in enumerate(sites)]
-    results = list(embedder.embed_sites(loaders, prefetch=2))
+    results = list(embedder.embed_sites(loaders))
     assert [key for key, _ in results] == [0, 1, 2, 3]
     for (_, features), (channels, centers) in zip(results, sites, strict=True):
         np.testing.assert_array_equal(features, embedder.embed_site(read_site(channels), centers))
