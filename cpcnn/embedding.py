@@ -169,15 +169,22 @@ class Embedder:
         return out
 
     def crop(
-        self, image: F32Array, centers: F64Array, *, normalization: Normalization | None = None
+        self,
+        image: F32Array,
+        centers: F64Array,
+        *,
+        normalization: Normalization | None = None,
+        out: F32Array | None = None,
     ) -> F32Array:
-        """(H, W, C) image + (N, 2) centres -> normalized crops as this model expects them."""
+        """(H, W, C) image + (N, 2) centres -> normalized crops as this model expects them
+        (into ``out`` when given: see :func:`cpcnn.crops.crop_cells`)."""
         self._check_site(image, centers)
         return crop_cells(
             image,
             centers,
             crop_size=self.manifest.crop_size,
             normalization=normalization or self.manifest.normalization,
+            out=out,
         )
 
     def embed_site(

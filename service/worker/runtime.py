@@ -45,6 +45,7 @@ class Batcher:
         self._stats = stats
         self._requests: queue.Queue[_Request | None] = queue.Queue()
         self._preparing = 0
+        self._merged: F32Array | None = None
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"cpcnn-batcher-{embedder.manifest.name}", daemon=True)
         self._thread.start()
@@ -100,9 +101,18 @@ class Batcher:
                 n_cells += item.crops.shape[0]
             self._run_batch(batch)
 
+    def _merge(self, parts: list[F32Array]) -> F32Array:
+        """Concatenate jobs' crops into one reused buffer (fresh arrays cost page faults)."""
+        n_cells = sum(part.shape[0] for part in parts)
+        if self._merged is None or self._merged.shape[0] < n_cells:
+            self._merged = np.empty((max(n_cells, self.max_batch), *parts[0].shape[1:]), np.float32)
+        merged = self._merged[:n_cells]
+        np.concatenate(parts, out=merged)
+        return merged
+
     def _run_batch(self, batch: list[_Request]) -> None:
         try:
-            crops = batch[0].crops if len(batch) == 1 else np.concatenate([r.crops for r in batch])
+            crops = batch[0].crops if len(batch) == 1 else self._merge([r.crops for r in batch])
             features = np.empty((crops.shape[0], self.embedder.feature_size), np.float32)
             for start in range(0, crops.shape[0], self.max_batch):
                 chunk = crops[start : start + self.max_batch]
