@@ -36,7 +36,10 @@ CHANNELS = ["DNA", "RNA", "ER", "AGP", "Mito"]
 X_KEY = "Nuclei_Location_Center_X"
 Y_KEY = "Nuclei_Location_Center_Y"
 SEED = 1729
-REAL_SITE = "/work/shared/data/images/pcatlas-BR00143976-C03-s3"
+# The copy committed with the repository (also in ../shared/data/images when that is beside it).
+REAL_SITE = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples", "data", "pcatlas-BR00143976-C03-s3"
+)
 # Opera Phenix channel numbers of the real sample, by stain (see its MANIFEST.md).
 REAL_FILES = {"DNA": 5, "RNA": 6, "ER": 2, "AGP": 3, "Mito": 4}
 REAL_PATTERN = "r03c03f03p01-ch{}sk1fk1fl1.tiff"
