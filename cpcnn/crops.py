@@ -142,8 +142,7 @@ def crop_cells(
     for cell in np.flatnonzero(partial):
         crops[cell] *= (ys.valid[cell, :, None] & xs.valid[cell, None, :])[..., None]
     if normalization is not None:
-        for cell in range(n_cells):
-            normalize_crops(crops[cell : cell + 1], normalization, out=crops[cell : cell + 1])
+        normalize_crops(crops, normalization, out=crops)
     return crops
 
 
