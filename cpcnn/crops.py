@@ -15,6 +15,7 @@ import numpy as np
 
 from cpcnn._types import CROP_SIZE, F32Array, F64Array, I64Array, Normalization
 from cpcnn.errors import InputError
+from cpcnn.locations import validate_centers
 
 #: ``tf.keras.backend.epsilon()``, in DeepProfiler 0.5.1's min-max normalization.
 MINMAX_EPSILON = np.float32(1e-7)
@@ -60,9 +61,15 @@ def check_boxes_overlap(centers: F64Array, height: int, width: int, *, crop_size
 
     DeepProfiler silently returns an all-zero crop (NaN features after normalization) there.
     """
-    rows = axis_samples(centers[:, 1], height, crop_size=crop_size).valid.any(axis=1)
-    cols = axis_samples(centers[:, 0], width, crop_size=crop_size).valid.any(axis=1)
-    outside = np.flatnonzero(~(rows & cols))
+    ys = axis_samples(centers[:, 1], height, crop_size=crop_size)
+    xs = axis_samples(centers[:, 0], width, crop_size=crop_size)
+    _raise_if_outside(centers, ys, xs, height, width, crop_size)
+
+
+def _raise_if_outside(
+    centers: F64Array, ys: AxisSamples, xs: AxisSamples, height: int, width: int, crop_size: int
+) -> None:
+    outside = np.flatnonzero(~(ys.valid.any(axis=1) & xs.valid.any(axis=1)))
     if outside.size:
         first = outside[:5]
         where = ", ".join(f"row {i} (x={centers[i, 0]:g}, y={centers[i, 1]:g})" for i in first)
@@ -91,13 +98,13 @@ def crop_cells(
     if image.ndim != 3:
         raise InputError(f"image must be (height, width, channels), got shape {image.shape}")
     height, width, n_channels = image.shape
-    centers = _as_centers(centers)
+    centers = validate_centers(centers)
     n_cells = centers.shape[0]
     if n_cells == 0:
         return np.zeros((0, crop_size, crop_size, n_channels), np.float32) if out is None else out
-    check_boxes_overlap(centers, height, width, crop_size=crop_size)
     ys = axis_samples(centers[:, 1], height, crop_size=crop_size)
     xs = axis_samples(centers[:, 0], width, crop_size=crop_size)
+    _raise_if_outside(centers, ys, xs, height, width, crop_size)
     image = np.asarray(image, dtype=np.float32)
     partial = ~(ys.valid.all(axis=1) & xs.valid.all(axis=1))
     y_runs, x_runs = _runs(ys.floor), _runs(xs.floor)
@@ -213,15 +220,3 @@ def normalize_crops(crops: F32Array, method: Normalization, *, out: F32Array | N
         np.divide(result, denominator_row, out=result, where=denominator_row > 0)
         result *= denominator_row > 0
     return result.reshape(crops.shape)
-
-
-def _as_centers(centers: F64Array) -> F64Array:
-    centers = np.asarray(centers, dtype=np.float64)
-    if centers.size == 0:
-        return centers.reshape(0, 2)
-    if centers.ndim != 2 or centers.shape[1] != 2:
-        raise InputError(f"locations must be an (N, 2) array of x, y; got shape {centers.shape}")
-    if not np.isfinite(centers).all():
-        bad = int(np.flatnonzero(~np.isfinite(centers).all(axis=1))[0])
-        raise InputError(f"location row {bad} has a NaN or infinite coordinate")
-    return centers

@@ -177,8 +177,8 @@ class Embedder:
         out: F32Array | None = None,
     ) -> F32Array:
         """(H, W, C) image + (N, 2) centres -> normalized crops as this model expects them
-        (into ``out`` when given: see :func:`cpcnn.crops.crop_cells`)."""
-        self._check_site(image, centers)
+        (into ``out`` when given: see :func:`cpcnn.crops.crop_cells`, which also checks the boxes)."""
+        self._check_channels(image)
         return crop_cells(
             image,
             centers,
@@ -225,7 +225,9 @@ class Embedder:
         """Load and validate one site, then queue one crop-and-embed task per inference batch."""
         image, centers = loader()
         centers = validate_centers(centers)
-        self._check_site(image, centers)
+        self._check_channels(image)
+        # Checked here for the whole site so errors name the site's own rows, not a batch's.
+        check_boxes_overlap(centers, image.shape[0], image.shape[1], crop_size=self.manifest.crop_size)
         step = self._step(len(centers))
         return [
             self._pool.submit(self._embed_batch, image, centers[start : start + step], method)
@@ -266,17 +268,12 @@ class Embedder:
         side = self.manifest.crop_size
         return np.zeros((n, side, side, len(self.manifest.channels)), np.float32)
 
-    def _check_site(self, image: F32Array, centers: F64Array) -> None:
-        """Channel count and box placement for the whole site, so errors name the site's own rows."""
+    def _check_channels(self, image: F32Array) -> None:
         if image.ndim != 3 or image.shape[2] != len(self.manifest.channels):
             raise InputError(
                 f"model {self.manifest.name} expects {len(self.manifest.channels)} channels "
                 f"({', '.join(self.manifest.channels)}), image has shape {image.shape}"
             )
-        check_boxes_overlap(
-            validate_centers(centers), image.shape[0], image.shape[1], crop_size=self.manifest.crop_size
-        )
-
 
 def _timed(function: Callable[[F32Array], object], argument: F32Array) -> float:
     started = time.perf_counter()

@@ -78,3 +78,13 @@ def test_bad_locations_and_box_outside(site: tuple, capsys: pytest.CaptureFixtur
     (folder / "far.csv").write_text("Nuclei_Location_Center_X,Nuclei_Location_Center_Y\n10,10\n900,10\n")
     code, err = run(["embed", *images, "--locations", str(folder / "far.csv"), "--out", str(folder / "x.npz")], capsys)
     assert code == 1 and "row 1 (x=900, y=10)" in err
+
+
+@pytest.mark.parametrize("value", ["0", "many"])
+def test_bad_batch_size_is_a_usage_error(site: tuple, capsys: pytest.CaptureFixture[str], value: str) -> None:
+    images, folder, _, _ = site
+    with pytest.raises(SystemExit) as exit_info:
+        main(["embed", *images, "--locations", str(folder / "nuclei.csv"), "--out", str(folder / "x.parquet"),
+              "--batch-size", value])
+    assert exit_info.value.code == 2
+    assert "positive integer or 'auto'" in capsys.readouterr().err

@@ -123,3 +123,11 @@ def test_flat_channel_normalizes_to_zero_not_nan() -> None:
     out = normalize_crops(crops.copy(), "minmax")
     assert np.all(out[..., 0] == 0)
     assert out[0, 2, 3, 1] == np.float32(500) / (np.float32(1500) - (np.float32(1000) - np.float32(1e-7)))
+
+
+def test_out_buffer_is_filled_and_checked(image: np.ndarray) -> None:
+    out = np.empty((len(CENTERS), 128, 128, 5), np.float32)
+    assert crop_cells(image, CENTERS, out=out) is not None
+    np.testing.assert_array_equal(out, crop_cells(image, CENTERS))
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        crop_cells(image, CENTERS, out=np.empty((2, 128, 128, 5), np.float32))

@@ -75,3 +75,5 @@ def test_bad_device_and_batch_size(tmp_path: Path) -> None:
         Embedder(model, device="gpu")
     with pytest.raises(InputError, match="at least 1"):
         Embedder(model, device="cpu", batch_size=-3)
+    with pytest.raises(InputError, match="threads must be at least 1"):
+        Embedder(model, device="cpu", threads=0)
