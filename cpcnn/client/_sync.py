@@ -256,9 +256,15 @@ class Client(BaseClient):
         response = self._send("POST", f"/v1/libraries/{ref(library_id, 'library')}/match", json=body)
         return matches_table(MatchResult.model_validate_json(response.content))
 
-    def evaluate(self, table: TableInput, *, id_col: str, annotation: str, sep: str | None = "|") -> dict[str, Any]:
-        """Retrieval metrics (mean_average_precision, ..._interpolated, folds_of_enrichment, n_queries, ...)."""
-        body = {"table_id": self._table_id(table), "id_column": id_col, "annotation": annotation, "separator": sep}
+    def evaluate(
+        self, table: TableInput, *, id_col: str, annotation: str, sep: str | None = "|", convention: str = "copairs"
+    ) -> dict[str, Any]:
+        """Retrieval metrics (convention, mean_average_precision, ..._interpolated, folds_of_enrichment, n_queries, ...).
+
+        ``convention``: "copairs" (default) or "paper" (the CNN-1 paper's published evaluation code).
+        """
+        body = {"table_id": self._table_id(table), "id_column": id_col, "annotation": annotation, "separator": sep,
+                "convention": convention}
         return Evaluation.model_validate_json(self._send("POST", "/v1/evaluate", json=body).content).model_dump()
 
     def _table_id(self, table: TableInput) -> str:
