@@ -330,3 +330,33 @@ def test_async_client_on_the_asgi_app(tmp_path: Path) -> None:
         id_col=ID,
         annotation=MOA,
     )
+
+
+def test_evaluate_sends_the_convention(tmp_path: Path) -> None:
+    """Sync: the request carries ``convention``; async: the real app answers with that convention."""
+    from service.app.main import create_app
+    from service.config import ApiSettings
+
+    bodies: list[Any] = []
+    table = synthetic_profiles(seed=6)
+    answer = evaluate_retrieval(table, id_col=ID, annotation=MOA, convention="paper").to_dict()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return httpx.Response(200, json=answer | {"table_id": TABLE_ID})
+
+    with _client(handler) as client:
+        metrics = client.evaluate(TABLE_ID, id_col=ID, annotation=MOA, convention="paper")
+        client.evaluate(TABLE_ID, id_col=ID, annotation=MOA)
+    assert [b["convention"] for b in bodies] == ["paper", "copairs"] and metrics["convention"] == "paper"
+
+    app = create_app(ApiSettings(env="dev", data_dir=tmp_path / "data", models_dir=tmp_path / "models"))
+
+    async def run() -> dict[str, Any]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with AsyncClient("http://cpcnn.test", transport=transport, retry=FAST) as client:
+                return await client.evaluate(table, id_col=ID, annotation=MOA, convention="paper")
+
+    served = asyncio.run(run())
+    assert served.pop("table_id") and served == answer
