@@ -8,9 +8,10 @@ from a reading of that code; every rule below names the place it mirrors.
 
 What the paper's procedure does, and where it differs from the ``copairs`` convention:
 
-- **Treatments and library** (``load_similarity_matrix``; ``01-create-profiles``): wells are averaged
-  per treatment and treatments without an annotation are dropped before the similarity matrix is
-  built, so they are neither queries nor library members. Same as the ``copairs`` convention.
+- **Treatments and library** (``load_similarity_matrix``; ``01-create-profiles``): sphered wells are
+  averaged per treatment (replicates become one profile), and treatments without an annotation are
+  dropped before the similarity matrix is built, so they are neither queries nor library members.
+  Same as the ``copairs`` convention.
   Similarity is cosine, computed in float64 (sklearn ``cosine_similarity``).
 - **Hits** (notebook cell "MOA matching"): two treatments match when they share one ``|``-separated
   annotation value (``bbbc022``, ``cdrp``); ``ta-orf`` compares whole strings (``--sep ''`` here).
@@ -27,14 +28,15 @@ What the paper's procedure does, and where it differs from the ``copairs`` conve
   below it, by match vs no match; ``scipy.stats.fisher_exact(alternative="greater")`` gives the odds
   ratio ``a*d / (b*c)``. scipy returns NaN when a row or column of the table sums to 0 and infinity
   when ``b == 0`` or ``c == 0`` otherwise. **An infinite odds ratio is replaced by ``d``**, the number
-  of non-matching treatments at or below the threshold (``result["ods_ratio"] = v22``). The FoE is
+  of non-matching treatments at or below the threshold (the table's lower-right cell). The FoE is
   the mean over queries. The published code has no rule for NaN: the ``bbbc022`` and ``cdrp`` notebooks
   stop with an error when they meet one, and ``ta-orf`` returns NaN for the mean. Here a NaN query is
   left out of the mean and counted, as in the ``copairs`` convention.
 - **mAP** (``interpolated_precision_recall_curve``): in each query row, the query's own similarity is
   set to -1 and its label to "no match", so the query stays in its own library as a negative scoring
   -1. This changes the result only when a match scores -1 or less. The row goes to scikit-learn's
-  ``precision_recall_curve``. The notebooks ran on Python 3.7, where scikit-learn is at most 1.0.
+  ``precision_recall_curve``. The notebooks ran on Python 3.7 (their kernel metadata says 3.7.3), and
+  scikit-learn 1.1 and later need Python 3.8, so the notebooks used scikit-learn 1.0 or older.
   Before 1.1, that function made one point per distinct similarity, so tied treatments enter
   together and precision is taken after the whole tie. It stopped at the first point that reaches
   full recall and appended (precision 1, recall 0). Precision is then replaced by its running
