@@ -185,7 +185,7 @@ def test_lincs_well_level_paper_equals_the_published_code(lincs: pd.DataFrame) -
     # Reference numbers: profiling/metrics.py and profiling/quality.py of DeepProfilerExperiments with the
     # notebook's query and match cells, run under Python 3.7.16, scikit-learn 1.0.2, scipy 1.7.3 on
     # these well profiles (float32, as read).
-    wells = lincs.assign(Metadata_well_id=lincs["Metadata_Plate"] + "_" + lincs["Metadata_Well"])
+    wells = lincs.copy().assign(Metadata_well_id=lincs["Metadata_Plate"] + "_" + lincs["Metadata_Well"])
     paper = evaluate_retrieval(
         wells, id_col="Metadata_well_id", annotation="Metadata_moa", convention="paper"
     )
