@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cpcnn.errors import NotFoundError
 from cpcnn.profiles import ControlSelector, fit_sphering
+from cpcnn.profiles.sphering import check_lambda
 from cpcnn.schemas import TablePublic, TableRef, TransformCreate, TransformList, TransformPublic
 from service.app.deps import ApiKeyDep, ServiceDep, ServiceState
 from service.app.problems import problem_responses
@@ -38,6 +39,7 @@ async def create_transform(body: TransformCreate, response: Response, service: S
 
 def _fit(service: ServiceState, body: TransformCreate) -> TransformPublic:
     store = service.profiles
+    check_lambda(body.lam)
     if not store.has_table(body.table_id):
         raise NotFoundError(f"table {body.table_id} does not exist")
     selector = ControlSelector.parse(body.controls)
