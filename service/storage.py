@@ -46,6 +46,7 @@ class JobSpec(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict)
     detect_nuclei: bool = False
     n_locations: int | None = None
+    max_cells: int | None = Field(default=None, description="cells the job may have (limit when it was submitted)")
     image: ImageInfo
     created_at: datetime = Field(default_factory=utcnow)
 

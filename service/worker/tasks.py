@@ -102,7 +102,8 @@ def _embed(job_id: str, spec: JobSpec, context: WorkerContext) -> tuple[F32Array
             from cpcnn.nuclei import detect_nuclei
 
             dna = [c.lower() for c in embedder.manifest.channels].index("dna")
-            centers = detect_nuclei(image[:, :, dna])
+            limit = {"max_nuclei": spec.max_cells} if spec.max_cells is not None else {}
+            centers = detect_nuclei(image[:, :, dna], **limit)  # refuses before any per-cell array exists
     features = np.empty((centers.shape[0], embedder.feature_size), np.float32)
     buffer = _crop_buffer(embedder.manifest.crop_size, len(embedder.manifest.channels))
     for start in range(0, centers.shape[0], CROP_CHUNK):
