@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from cpcnn.errors import InputError, NotFoundError
 from cpcnn.profiles import Library, Sphering
+from cpcnn.profiles.sphering import read_sphering_info
 from cpcnn.profiles.tables import ROW_GROUP_ROWS, metadata_columns
 from cpcnn.schemas import LibraryPublic, TablePublic, TransformPublic
 from service.durable import STALE_TEMPORARY_S, remove_stale, replace_durably
@@ -172,7 +173,11 @@ class ProfileStore:
         return Sphering.load(path)
 
     def transform_public(self, transform_id: str) -> TransformPublic:
-        sphering = self.transform(transform_id)
+        """From the file's header and feature names alone: the (D, D) matrix is not read."""
+        path = self.transform_path(transform_id)
+        if not path.is_file():
+            raise NotFoundError(f"transform {transform_id} does not exist")
+        sphering = read_sphering_info(path)
         provenance = {str(k): str(v) for k, v in sphering.provenance.items()}
         return TransformPublic.model_validate(
             {

@@ -210,9 +210,7 @@ class Sphering:
             raise InputError(f"{path}: no such sphering file")
         try:
             with np.load(path, allow_pickle=False) as archive:
-                header = json.loads(str(archive["header"]))
-                if header.get("format") != _FORMAT:
-                    raise InputError(f"{path}: not a cpcnn sphering file (format {header.get('format')!r})")
+                header = _header(archive, path)
                 return cls(
                     method=header["method"],
                     mean=archive["mean"],
@@ -227,6 +225,54 @@ class Sphering:
                 )
         except (OSError, ValueError, KeyError) as exc:
             raise InputError(f"{path}: unreadable sphering file ({exc})") from exc
+
+
+def _header(archive: Any, path: Path) -> dict[str, Any]:
+    header: dict[str, Any] = json.loads(str(archive["header"]))
+    if header.get("format") != _FORMAT:
+        raise InputError(f"{path}: not a cpcnn sphering file (format {header.get('format')!r})")
+    return header
+
+
+@dataclass(frozen=True)
+class SpheringInfo:
+    """What a stored transform is, without its (D, D) matrix: for listings."""
+
+    method: str
+    lam: float
+    features: tuple[str, ...]
+    n_controls: int
+    rank: int
+    provenance: Mapping[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def rank_deficient(self) -> bool:
+        return self.rank < len(self.features)
+
+
+def read_sphering_info(path: PathLike) -> SpheringInfo:
+    """A sphering file's header and feature names; the mean and matrix members are never read.
+
+    An ``.npz`` is a zip: members are read on access, so this costs O(D) however large the matrix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such sphering file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            header = _header(archive, path)
+            return SpheringInfo(
+                method=header["method"],
+                lam=float(header["lambda"]),
+                features=tuple(str(f) for f in archive["features"]),
+                n_controls=int(header["n_controls"]),
+                rank=int(header["rank"]),
+                provenance=header.get("provenance", {}),
+                warnings=tuple(header.get("warnings", ())),
+            )
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"{path}: unreadable sphering file ({exc})") from exc
 
 
 def control_matrix(
