@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -36,7 +37,7 @@ import pyarrow.parquet as pq
 from cpcnn.errors import InputError, NotFoundError
 from cpcnn.profiles import Library, Sphering
 from cpcnn.profiles.sphering import read_sphering_info
-from cpcnn.profiles.tables import ROW_GROUP_ROWS, metadata_columns
+from cpcnn.profiles.tables import ROW_GROUP_ROWS, check_finite, feature_columns, metadata_columns
 from cpcnn.schemas import LibraryPublic, TablePublic, TransformPublic
 from service.durable import STALE_TEMPORARY_S, remove_stale, replace_durably
 
@@ -102,6 +103,7 @@ class ProfileStore:
         """Store a table (Metadata_* + float32 features) unless one with this id exists."""
         path = self.table_path(table_id)
         if not path.is_file():
+            _check_finite_columns(table, what=name)
             try:
                 arrow = pa.Table.from_pandas(table, preserve_index=False)
             except (pa.ArrowException, TypeError, ValueError) as exc:
@@ -287,6 +289,14 @@ class ProfileStore:
                     yield public(stem)
                 except (NotFoundError, InputError, OSError):  # deleted or being deleted meanwhile
                     continue
+
+
+def _check_finite_columns(table: pd.DataFrame, *, what: str) -> None:
+    """No stored table holds +-inf (NaN marks a missing value); checked a column at a time, no copy."""
+    names = feature_columns(table)
+    infinite = [n for n in names if np.isinf(table[n].to_numpy()).any()]
+    if infinite:
+        check_finite(table.loc[:, infinite[:5]].to_numpy(), infinite[:5], what=what)
 
 
 def _sorted(items: Iterator[Any]) -> list[Any]:

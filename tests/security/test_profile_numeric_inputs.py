@@ -21,6 +21,7 @@ from cpcnn.errors import InputError
 from cpcnn.metrics import evaluate_retrieval
 from cpcnn.profiles import Library, fit_sphering
 from cpcnn.profiles.sphering import check_lambda
+from service.profile_store import ProfileStore, artifact_id
 
 _isolated_home = _jobs_fixtures._isolated_home
 models_dir, make_settings, serve = _jobs_fixtures.models_dir, _jobs_fixtures.make_settings, _jobs_fixtures.serve
@@ -173,3 +174,13 @@ def test_domain_functions_reject_infinities() -> None:
     with pytest.raises(InputError, match="f4"):
         library.match(profiles, k=1)
 
+
+
+def test_the_store_never_writes_a_table_with_infinities(tmp_path: Path) -> None:
+    store = ProfileStore(tmp_path / "data")
+    profiles = synthetic_profiles()
+    profiles.loc[3, "f7"] = -np.inf
+    table_id = artifact_id("table", b"inf")
+    with pytest.raises(InputError, match="f7"):
+        store.put_table(profiles, table_id, name="derived", provenance={})
+    assert not store.has_table(table_id) and store.tables() == []
