@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,9 +70,10 @@ def replace_durably(source: Path, target: Path, *, overwrite: bool = True) -> No
 
 def write_bytes_durably(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data``: readers and a crash see the old file or the new one, whole."""
-    tmp = path.parent / f".{path.name}-{os.getpid()}-{time.monotonic_ns()}"
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    tmp = Path(name)
     try:
-        with open(tmp, "wb") as handle:
+        with open(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
