@@ -9,8 +9,9 @@ Layout, one folder per job id (a content hash, so the path is safe to build from
     jobs/<id>/features.npy   (N, D) float32 result, rows in location order
     jobs/<id>/cells.npy      (N, 2) float64 centres of the result rows
 
-Every write goes to a temporary name first and is renamed into place, so readers on other machines
-never see half a file.
+Every write goes to a temporary dot-name first, is fsynced and renamed into place (then the folder
+is fsynced), so readers on other machines never see half a file and a crash never leaves one.
+Temporaries a crash left behind are removed when a store is opened (``service.durable``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pydantic import BaseModel, Field
 from cpcnn._types import F32Array, F64Array
 from cpcnn.errors import NotFoundError
 from cpcnn.schemas import ImageInfo, JobLinks, JobPublic, JobStatus, Problem
+from service.durable import STALE_TEMPORARY_S, remove_stale, replace_durably, write_bytes_durably
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -46,6 +48,7 @@ class JobSpec(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict)
     detect_nuclei: bool = False
     n_locations: int | None = None
+    max_cells: int | None = Field(default=None, description="cells the job may have (limit when it was submitted)")
     image: ImageInfo
     created_at: datetime = Field(default_factory=utcnow)
 
@@ -74,12 +77,13 @@ def check_job_id(job_id: str) -> str:
 
 
 class JobStore:
-    """Job folders under ``root/jobs``."""
+    """Job folders under ``root/jobs``; opening one removes crash leftovers older than ``stale_s``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, stale_s: float = STALE_TEMPORARY_S) -> None:
         self.root = Path(root)
         self.jobs_dir = self.root / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale(self.jobs_dir, max_age_s=stale_s, depth=1)
 
     def folder(self, job_id: str) -> Path:
         return self.jobs_dir / check_job_id(job_id)
@@ -100,7 +104,7 @@ class JobStore:
             (staging / "request.json").write_text(spec.model_dump_json())
             (staging / "state.json").write_text(JobState().model_dump_json())
             try:
-                os.rename(staging, target)
+                replace_durably(staging, target, overwrite=False)
             except OSError:  # another request created the same job first
                 return False
         finally:
@@ -117,7 +121,7 @@ class JobStore:
         folder = self.folder(job_id)
         if not folder.is_dir():
             raise NotFoundError(f"job {job_id} was deleted")
-        self._atomic_write(folder / "state.json", state.model_dump_json().encode())
+        write_bytes_durably(folder / "state.json", state.model_dump_json().encode())
 
     def public(self, job_id: str, *, prefix: str = "/v1") -> JobPublic:
         """Spec and state merged into the wire model."""
@@ -158,7 +162,7 @@ class JobStore:
         for name, array in (("cells.npy", centers), ("features.npy", features)):
             with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{name}-", delete=False) as handle:
                 np.save(handle, array, allow_pickle=False)
-            os.replace(handle.name, folder / name)
+            replace_durably(Path(handle.name), folder / name)
 
     def features_path(self, job_id: str) -> Path:
         return self.folder(job_id) / "features.npy"
@@ -207,9 +211,3 @@ class JobStore:
             return (self.folder(job_id) / name).read_text()
         except FileNotFoundError as exc:
             raise NotFoundError(f"job {job_id} does not exist") from exc
-
-    @staticmethod
-    def _atomic_write(path: Path, data: bytes) -> None:
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}-", delete=False) as handle:
-            handle.write(data)
-        os.replace(handle.name, path)

@@ -110,6 +110,24 @@ def feature_matrix(table: pd.DataFrame, features: Sequence[str]) -> F32Array:
     return np.ascontiguousarray(table.loc[:, list(features)].to_numpy(dtype=np.float32))
 
 
+def check_finite(values: np.ndarray, names: Sequence[str], *, what: str, allow_nan: bool = True) -> None:
+    """(rows, len(names)) values -> InputError naming the columns holding +-inf (and NaN unless ``allow_nan``).
+
+    Infinities poison every sum they enter (a mean, a covariance, a norm), so they are refused where
+    they come in rather than surfacing later as NaN results or a linear-algebra error.
+    """
+    bad = np.isinf(values) if allow_nan else ~np.isfinite(values)
+    columns = np.flatnonzero(bad.any(axis=0))
+    if len(columns):
+        shown = ", ".join(str(names[i]) for i in columns[:5])
+        more = f" (+{len(columns) - 5} more)" if len(columns) > 5 else ""
+        kind = "infinite values" if allow_nan else "NaN or infinite values"
+        raise InputError(
+            f"{what}: {kind} in features {shown}{more}; every feature must be finite"
+            + (" (or NaN where missing)" if allow_nan else "")
+        )
+
+
 def _with_float32_features(table: pd.DataFrame, features: Sequence[str]) -> pd.DataFrame:
     """Cast features to float32 in one block, keeping column order."""
     cast = {n: np.float32 for n in features if table[n].dtype != np.float32}

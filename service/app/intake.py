@@ -101,7 +101,7 @@ def prepare(sub: Submission, job_id: str, manifest: ModelManifest, limits: Limit
     spec = JobSpec(
         id=job_id, model=manifest.name, normalization=sub.normalization or manifest.normalization,
         metadata=sub.metadata, detect_nuclei=sub.detect_nuclei,
-        n_locations=None if centers is None else int(centers.shape[0]),
+        n_locations=None if centers is None else int(centers.shape[0]), max_cells=limits.max_cells,
         image=ImageInfo(width=width, height=height, channels=list(manifest.channels)),
     )
     return spec, _compact(image), centers

@@ -13,8 +13,9 @@ import dataclasses
 from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
-from cpcnn.errors import NotFoundError
+from cpcnn.errors import NotFoundError, PayloadTooLarge
 from cpcnn.profiles import ControlSelector, fit_sphering
+from cpcnn.profiles.sphering import check_lambda
 from cpcnn.schemas import TablePublic, TableRef, TransformCreate, TransformList, TransformPublic
 from service.app.deps import ApiKeyDep, ServiceDep, ServiceState
 from service.app.problems import problem_responses
@@ -28,7 +29,7 @@ router = APIRouter(prefix="/transforms", tags=["transforms"], dependencies=[ApiK
     status_code=201,
     response_model=TransformPublic,
     summary="Fit a sphering transform (ZCA) on a table's control rows",
-    responses=problem_responses(401, 404, 422),
+    responses=problem_responses(401, 404, 413, 422),
 )
 async def create_transform(body: TransformCreate, response: Response, service: ServiceDep) -> TransformPublic:
     transform = await run_in_threadpool(_fit, service, body)
@@ -38,8 +39,10 @@ async def create_transform(body: TransformCreate, response: Response, service: S
 
 def _fit(service: ServiceState, body: TransformCreate) -> TransformPublic:
     store = service.profiles
+    check_lambda(body.lam)
     if not store.has_table(body.table_id):
         raise NotFoundError(f"table {body.table_id} does not exist")
+    _check_width(store.table_public(body.table_id).n_features, service.settings.limits.max_sphering_features)
     selector = ControlSelector.parse(body.controls)
     transform_id = artifact_id("transform", body.table_id, str(selector), repr(float(body.lam)), body.method)
     if store.has_transform(transform_id):
@@ -50,6 +53,15 @@ def _fit(service: ServiceState, body: TransformCreate) -> TransformPublic:
     )
     sphering = dataclasses.replace(sphering, provenance={**sphering.provenance, "table_id": body.table_id})
     return store.put_transform(sphering, transform_id)
+
+
+def _check_width(n_features: int, limit: int) -> None:
+    """Refuse before any row is read: the fit costs D^2 memory and D^3 time, the file 8 D^2 bytes."""
+    if n_features > limit:
+        raise PayloadTooLarge(
+            f"{n_features} features is over the limit of {limit} features for a sphering fit; "
+            "select fewer features (e.g. feature selection) first"
+        )
 
 
 @router.get("", response_model=TransformList, summary="List transforms", responses=problem_responses(401))
