@@ -30,7 +30,7 @@ class Limits(BaseModel):
     max_table_values: int = Field(default=250_000_000, gt=0, description="rows x columns of one profile table")
     max_matches: int = Field(default=1_000_000, gt=0, description="queries x top_k rows in one match answer")
     max_sphering_features: int = Field(
-        default=4096, gt=0, description="features of one sphering fit (memory D^2, time D^3, file 8 D^2 bytes)"
+        default=2048, gt=0, description="features of one sphering fit (memory D^2, time D^3, file 8 D^2 bytes)"
     )
 
 
