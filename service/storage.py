@@ -30,7 +30,7 @@ from cpcnn._types import F32Array, F64Array
 from cpcnn.errors import NotFoundError
 from cpcnn.schemas import ImageInfo, JobLinks, JobPublic, JobStatus, Problem
 
-_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def utcnow() -> datetime:
@@ -68,7 +68,7 @@ class JobState(BaseModel):
 
 def check_job_id(job_id: str) -> str:
     """Job ids are 32 hex digits; anything else cannot exist (and never reaches the filesystem)."""
-    if not _JOB_ID.match(job_id):
+    if not _JOB_ID.fullmatch(job_id):
         raise NotFoundError(f"job {job_id!r} does not exist (ids are 32 hexadecimal digits)")
     return job_id
 
@@ -163,10 +163,12 @@ class JobStore:
     def features_path(self, job_id: str) -> Path:
         return self.folder(job_id) / "features.npy"
 
-    def load_result(self, job_id: str) -> tuple[F32Array, F64Array]:
+    def load_result(self, job_id: str, *, mmap: bool = False) -> tuple[F32Array, F64Array]:
+        """Features and centres; ``mmap=True`` maps them read-only instead of reading them into memory."""
         folder = self.folder(job_id)
+        mode = "r" if mmap else None
         try:
-            return np.load(folder / "features.npy"), np.load(folder / "cells.npy")
+            return np.load(folder / "features.npy", mmap_mode=mode), np.load(folder / "cells.npy", mmap_mode=mode)
         except FileNotFoundError as exc:
             raise NotFoundError(f"job {job_id} has no result on disk") from exc
 
@@ -186,7 +188,7 @@ class JobStore:
         shutil.rmtree(trash, ignore_errors=True)
 
     def ids(self) -> list[str]:
-        return sorted(p.name for p in self.jobs_dir.iterdir() if _JOB_ID.match(p.name))
+        return sorted(p.name for p in self.jobs_dir.iterdir() if _JOB_ID.fullmatch(p.name))
 
     def prune(self, *, max_age_s: float) -> int:
         """Delete finished jobs older than ``max_age_s``; returns how many went."""
