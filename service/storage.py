@@ -163,12 +163,10 @@ class JobStore:
     def features_path(self, job_id: str) -> Path:
         return self.folder(job_id) / "features.npy"
 
-    def load_result(self, job_id: str, *, mmap: bool = False) -> tuple[F32Array, F64Array]:
-        """Features and centres; ``mmap=True`` maps them read-only instead of reading them into memory."""
+    def load_result(self, job_id: str) -> tuple[F32Array, F64Array]:
         folder = self.folder(job_id)
-        mode = "r" if mmap else None
         try:
-            return np.load(folder / "features.npy", mmap_mode=mode), np.load(folder / "cells.npy", mmap_mode=mode)
+            return np.load(folder / "features.npy"), np.load(folder / "cells.npy")
         except FileNotFoundError as exc:
             raise NotFoundError(f"job {job_id} has no result on disk") from exc
 

@@ -1,20 +1,22 @@
 """Result encodings: content negotiation, the JSON document and the Parquet table (``cpcnn embed``'s columns).
 
 A result of 50,000 cells is 134 MB of float32; as Python objects it would be gigabytes. Both encodings are
-therefore made a block of rows at a time from the memory-mapped ``.npy`` files: the JSON is streamed, the
-Parquet file is written once beside the result and then served from disk.
+therefore made a block of rows at a time, read from the ``.npy`` files with plain reads (a memory map would
+count every page it touched as resident): the JSON is streamed, the Parquet file is written once beside
+the result and then served from disk.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
+import pydantic_core
 from fastapi import HTTPException
 
 from cpcnn._types import F32Array, F64Array
@@ -65,57 +67,108 @@ def negotiate(accept: str | None) -> str:
     return min(offers)[2]
 
 
-def json_chunks(job: JobPublic, feature_prefix: str, features: F32Array, centers: F64Array) -> Iterator[bytes]:
-    """The ``CellsResult`` document, same fields and order, as a few-MB block of rows at a time.
+@dataclass(frozen=True)
+class StoredResult:
+    """A job's result files: ``features.npy`` (N, D) float32 and ``cells.npy`` (N, 2) float64 centres."""
+
+    folder: Path
+
+    def open(self) -> tuple[NpyRows, NpyRows]:
+        """Both arrays, opened now (so a missing file fails before a response starts)."""
+        features = NpyRows(self.folder / "features.npy")
+        try:
+            return features, NpyRows(self.folder / "cells.npy")
+        except BaseException:
+            features.close()
+            raise
+
+
+class NpyRows:
+    """Read a 2-D C-order ``.npy`` file a block of rows at a time, without mapping or loading all of it."""
+
+    def __init__(self, path: Path) -> None:
+        self._file: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by close()
+        try:
+            version = np.lib.format.read_magic(self._file)
+            readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in readers:
+                raise ValueError(f"{path.name}: unsupported .npy version {version}")
+            shape, fortran_order, dtype = readers[version](self._file)
+        except BaseException:
+            self._file.close()
+            raise
+        if fortran_order or len(shape) != 2 or dtype.hasobject:
+            self._file.close()
+            raise ValueError(f"{path.name}: expected a 2-D C-order numeric array, got {shape} {dtype}")
+        self.shape: tuple[int, int] = (int(shape[0]), int(shape[1]))
+        self.dtype = dtype
+
+    def blocks(self, rows: int) -> Iterator[np.ndarray]:
+        """(<= rows, K) arrays in order; the file is closed at the end."""
+        row_bytes = self.shape[1] * self.dtype.itemsize
+        try:
+            for start in range(0, self.shape[0], rows):
+                count = min(rows, self.shape[0] - start)
+                data = self._file.read(count * row_bytes)
+                if len(data) != count * row_bytes:
+                    raise ValueError(f"{self._file.name} is truncated")
+                yield np.frombuffer(data, dtype=self.dtype).reshape(count, self.shape[1])
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def json_chunks(job: JobPublic, feature_prefix: str, features: NpyRows, centers: NpyRows) -> Iterator[bytes]:
+    """The ``CellsResult`` document, same fields and order, a few MB of rows at a time.
 
     Non-finite values become ``null``, as pydantic writes them.
     """
-    n_cells, feature_size = int(features.shape[0]), int(features.shape[1])
-    head = {"job_id": job.id, "model": job.model, "feature_prefix": feature_prefix, "metadata": job.metadata,
-            "n_cells": n_cells, "feature_size": feature_size}
-    yield json.dumps(head, separators=(",", ":"))[:-1].encode() + b',"locations":['
-    for start in range(0, n_cells, JSON_BLOCK_ROWS):
-        block = np.asarray(centers[start:start + JSON_BLOCK_ROWS], dtype=np.float64)
-        yield (b"," if start else b"") + _rows_json(block)
-    yield b'],"features":['
-    for start in range(0, n_cells, JSON_BLOCK_ROWS):
-        block = np.asarray(features[start:start + JSON_BLOCK_ROWS], dtype=np.float32)
-        yield (b"," if start else b"") + _rows_json(block)
-    yield b"]}"
+    try:
+        head = {"job_id": job.id, "model": job.model, "feature_prefix": feature_prefix, "metadata": job.metadata,
+                "n_cells": features.shape[0], "feature_size": features.shape[1]}
+        yield pydantic_core.to_json(head)[:-1] + b',"locations":['
+        for index, block in enumerate(centers.blocks(JSON_BLOCK_ROWS)):
+            yield (b"," if index else b"") + _rows_json(block)
+        yield b'],"features":['
+        for index, block in enumerate(features.blocks(JSON_BLOCK_ROWS)):
+            yield (b"," if index else b"") + _rows_json(block)
+        yield b"]}"
+    finally:
+        features.close()
+        centers.close()
 
 
 def _rows_json(block: np.ndarray) -> bytes:
-    """(R, K) -> ``[..],[..]`` (no outer brackets), floats as shortest round-trip text."""
-    rows = block.astype(np.float64).tolist()
-    if not np.isfinite(block).all():
-        rows = [[value if math.isfinite(value) else None for value in row] for row in rows]
-    return json.dumps(rows, separators=(",", ":"), allow_nan=False)[1:-1].encode()
+    """(R, K) -> ``[..],[..]`` (no outer brackets), written by pydantic's encoder: the same text as before."""
+    return pydantic_core.to_json(block.astype(np.float64).tolist(), inf_nan_mode="null")[1:-1]
 
 
-def parquet_file(folder: Path, job: JobPublic, feature_prefix: str, features: F32Array, centers: F64Array) -> Path:
-    """``folder/cells.parquet``, written once a row group at a time (then renamed into place) and reused."""
+def parquet_file(stored: StoredResult, job: JobPublic, feature_prefix: str) -> Path:
+    """``cells.parquet`` beside the result: written once, a row group at a time, renamed into place, reused."""
     import pyarrow.parquet as pq
 
-    path = folder / "cells.parquet"
+    path = stored.folder / "cells.parquet"
     if path.is_file():
         return path
-    handle = tempfile.NamedTemporaryFile(dir=folder, prefix=".cells-", suffix=".parquet", delete=False)
+    features, centers = stored.open()
+    handle = tempfile.NamedTemporaryFile(dir=stored.folder, prefix=".cells-", suffix=".parquet", delete=False)
     try:
-        with handle, pq.ParquetWriter(handle, _parquet_schema(job, feature_prefix, features, centers)) as writer:
-            for start in range(0, max(int(features.shape[0]), 1), PARQUET_BLOCK_ROWS):
-                stop = start + PARQUET_BLOCK_ROWS
-                writer.write_table(_parquet_block(job, feature_prefix, features[start:stop], centers[start:stop]))
+        empty = _parquet_block(job, feature_prefix, np.zeros((0, features.shape[1]), np.float32), np.zeros((0, 2)))
+        with handle, pq.ParquetWriter(handle, empty.schema) as writer:
+            for feature_block, center_block in zip(features.blocks(PARQUET_BLOCK_ROWS),
+                                                   centers.blocks(PARQUET_BLOCK_ROWS), strict=True):
+                writer.write_table(_parquet_block(job, feature_prefix, feature_block, center_block))
         os.replace(handle.name, path)
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)
         raise
+    finally:
+        features.close()
+        centers.close()
     return path
 
 
 def _parquet_block(job: JobPublic, feature_prefix: str, features: F32Array, centers: F64Array):  # -> pyarrow.Table
-    return cells_table(np.asarray(features, np.float32), np.asarray(centers, np.float64), metadata=job.metadata,
-                       model_name=job.model, feature_prefix=feature_prefix)
-
-
-def _parquet_schema(job: JobPublic, feature_prefix: str, features: F32Array, centers: F64Array):  # -> pyarrow.Schema
-    return _parquet_block(job, feature_prefix, features[:0], centers[:0]).schema
+    return cells_table(features, centers, metadata=job.metadata, model_name=job.model, feature_prefix=feature_prefix)

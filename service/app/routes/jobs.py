@@ -32,7 +32,7 @@ from cpcnn.schemas import (
 from service.app.deps import ApiKeyDep, ServiceDep, ServiceState
 from service.app.intake import Submission, job_id_for, prepare, read_part, site_metadata
 from service.app.problems import problem_responses
-from service.app.results import json_chunks, negotiate, parquet_file
+from service.app.results import StoredResult, json_chunks, negotiate, parquet_file
 from service.storage import check_job_id
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[ApiKeyDep])
@@ -143,11 +143,14 @@ async def get_result(
     if media == MEDIA_NPY:
         return FileResponse(service.jobs.features_path(job_id), media_type=MEDIA_NPY,
                             filename=f"{job_id}-features.npy")
-    features, centers = await run_in_threadpool(service.jobs.load_result, job_id, mmap=True)
-    if media == MEDIA_PARQUET:
-        path = await run_in_threadpool(parquet_file, service.jobs.folder(job_id), job, manifest_prefix,
-                                       features, centers)
-        return FileResponse(path, media_type=MEDIA_PARQUET, filename=f"{job_id}-cells.parquet")
+    stored = StoredResult(service.jobs.folder(job_id))
+    try:
+        if media == MEDIA_PARQUET:
+            path = await run_in_threadpool(parquet_file, stored, job, manifest_prefix)
+            return FileResponse(path, media_type=MEDIA_PARQUET, filename=f"{job_id}-cells.parquet")
+        features, centers = await run_in_threadpool(stored.open)
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"job {job_id} has no result on disk") from exc
     return StreamingResponse(json_chunks(job, manifest_prefix, features, centers), media_type=MEDIA_JSON)
 
 
