@@ -146,6 +146,26 @@ def closed_within(sock: socket.socket, seconds: float, *, trickle: bytes = b"", 
     return None
 
 
+def read_response(sock: socket.socket, timeout: float = 10) -> tuple[int, bytes, bytes]:
+    """One whole HTTP/1.1 response with a Content-Length: (status, head, body)."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed after {data[:200]!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")[1:]
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed inside the body")
+        body += chunk
+    return int(head.split(b" ", 2)[1]), head, body
+
+
 def _drain_until_closed(sock: socket.socket) -> None:
     sock.settimeout(5)
     try:

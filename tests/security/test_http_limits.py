@@ -17,18 +17,19 @@ from _http_fixtures import RSS_BUDGET_BYTES, Served, served_fixture, stored_resu
 
 from cpcnn.io.cells import cells_table
 from cpcnn.schemas import CellsResult, JobStatus
-from service.app.results import JSON_BLOCK_ROWS, StoredResult, json_chunks, parquet_file
 from service.storage import JobState, JobStore
 
 
 def _document(job_folder: Path, job_id: str, data_dir: Path) -> tuple[bytes, np.ndarray, np.ndarray]:
+    from service.app.results import StoredResult, json_chunks
+
     jobs = JobStore(data_dir)
     features, centers = jobs.load_result(job_id)
     body = b"".join(json_chunks(jobs.public(job_id), "efficientnet", *StoredResult(job_folder).open()))
     return body, features, centers
 
 
-@pytest.mark.parametrize("n_cells", [0, 1, JSON_BLOCK_ROWS, 2 * JSON_BLOCK_ROWS + 7])
+@pytest.mark.parametrize("n_cells", [0, 1, 256, 2 * 256 + 7])  # 256 rows per JSON block
 def test_streamed_json_equals_the_pydantic_document(tmp_path: Path, n_cells: int) -> None:
     job_id = stored_result(tmp_path, n_cells=n_cells, feature_size=5)
     jobs = JobStore(tmp_path)
@@ -51,6 +52,8 @@ def test_streamed_json_equals_the_pydantic_document(tmp_path: Path, n_cells: int
 
 
 def test_parquet_is_written_once_in_row_groups(tmp_path: Path) -> None:
+    from service.app.results import StoredResult, parquet_file
+
     job_id = stored_result(tmp_path, n_cells=9000, feature_size=3)
     jobs = JobStore(tmp_path)
     job = jobs.public(job_id)

@@ -93,7 +93,8 @@ async def create_job(
     try:
         manifest = service.models.get(sub.model).manifest
     except (NotFoundError, InputError) as exc:
-        raise InputError(f"unknown model {sub.model!r}: {exc}") from exc
+        known = ", ".join(m.name for m in await run_in_threadpool(service.models.list)) or "none"
+        raise InputError(f"unknown model {sub.model!r} (known: {known}); GET /v1/models lists them") from exc
     job_id = await run_in_threadpool(job_id_for, sub)
     if not _reuse_existing(service, job_id):
         await _create(service, sub, job_id, manifest)
