@@ -69,7 +69,11 @@ class ApiKeyGate:
 
 
 class TrustedHosts:
-    """400 unless the Host header names this server: a web page cannot reach it through DNS rebinding."""
+    """400 unless the Host header names this server: a web page cannot reach it through DNS rebinding.
+
+    The probes (``PUBLIC_PATHS``) answer any Host, since load balancers and orchestrators call them by
+    IP address; they show details only to trusted hosts (see ``routes/health.py``).
+    """
 
     def __init__(self, app: ASGIApp, *, allowed: Iterable[str]) -> None:
         self.app = app
@@ -77,7 +81,7 @@ class TrustedHosts:
         self.any = "*" in self.allowed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.any:
+        if scope["type"] != "http" or self.any or scope["path"] in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
         raw = header(scope, b"host")

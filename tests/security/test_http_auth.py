@@ -153,7 +153,11 @@ def test_host_header_must_name_this_server(keyless_app: Callable[..., Any]) -> N
             assert response.json()["code"] == "bad_request" and "CPCNN_TRUSTED_HOSTS" in response.json()["detail"]
         for host in ("localhost", "LOCALHOST:8000", "127.0.0.1:1234", "[::1]:8000", "::1"):
             assert client.get("/v1/models", headers={"Host": host}).status_code == 200, host
-        assert client.get("/healthz", headers={"Host": "evil.example"}).status_code == 400
+        # probes answer any Host (load balancers call them by IP) but tell an untrusted one nothing more
+        assert client.get("/healthz", headers={"Host": "10.1.2.3:8000"}).json() == {"status": "ok"}
+        assert set(client.get("/readyz", headers={"Host": "evil.example"}).json()) == {"ready", "queue",
+                                                                                       "queue_reachable"}
+        assert "workers" in client.get("/readyz", headers={"Host": "localhost"}).json()
     with keyless_app(trusted_hosts="api.example.org,*.lab.example") as url, httpx.Client(base_url=url) as client:
         assert client.get("/v1/models", headers={"Host": "api.example.org"}).status_code == 200
         assert client.get("/v1/models", headers={"Host": "gpu1.lab.example:80"}).status_code == 200

@@ -1,8 +1,8 @@
 """Liveness, readiness and Prometheus metrics.
 
-``/healthz`` and ``/readyz`` never need the API key, so they say only what a load balancer needs; the
-version, workers (host, pid, provider), queue depth and reasons go to callers with the key (to everyone
-when the server has none).
+``/healthz`` and ``/readyz`` need neither the API key nor a trusted Host, so they say only what a load
+balancer needs; the version, workers (host, pid, provider), queue depth and reasons go to callers with
+the key (when the server has none, to callers using a trusted Host).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from cpcnn import __version__
 from cpcnn.errors import UnavailableError
 from cpcnn.schemas import Health, Readiness
 from service.app.deps import ServiceDep, ServiceState, require_api_key
-from service.app.middleware import key_matches
+from service.app.middleware import host_allowed, host_name, key_matches
 
 #: What /readyz tells a caller without the key.
 _PUBLIC_READINESS = {"ready", "queue", "queue_reachable"}
@@ -27,9 +27,11 @@ router = APIRouter(tags=["health"])
 
 
 def authorized(request: Request) -> bool:
-    """Whether this caller may see details: the key matches, or the server has none."""
-    key = request.app.state.settings.api_key
-    return key_matches(key.get_secret_value() if key is not None else None, request.headers.get("x-api-key"))
+    """Whether this caller may see details: the key matches, or the server has none and the Host is trusted."""
+    settings = request.app.state.settings
+    if settings.api_key is not None:
+        return key_matches(settings.api_key.get_secret_value(), request.headers.get("x-api-key"))
+    return host_allowed(host_name(request.headers.get("host", "")), settings.allowed_hosts())
 
 
 @router.get("/healthz", response_model=Health, response_model_exclude_none=True, summary="The process is up")
