@@ -7,6 +7,7 @@ request, not start-up.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -88,6 +89,14 @@ def start_server(root: Path, *, env: dict[str, str] | None = None, args: tuple[s
         stop_process(process)
         raise AssertionError(f"cpcnn serve did not start:\n{log.read_text()[-3000:]}") from None
     return served
+
+
+@pytest.fixture(autouse=True, name="isolated_env")
+def isolated_env_fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings built in a test come from its arguments, never from the caller's CPCNN_* or home."""
+    for name in [name for name in os.environ if name.startswith("CPCNN_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CPCNN_HOME", str(tmp_path / "home"))
 
 
 @pytest.fixture(scope="module", name="served")

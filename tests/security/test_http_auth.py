@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from _http_fixtures import API_KEY, RSS_BUDGET_BYTES, Served, served_fixture  # noqa: F401
+from _http_fixtures import API_KEY, RSS_BUDGET_BYTES, Served, isolated_env_fixture, served_fixture  # noqa: F401
 from pydantic import ValidationError
 
 from service.app.main import create_app
