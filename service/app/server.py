@@ -19,13 +19,13 @@ import h11
 from uvicorn import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from service.app.problems import http_problem
 from service.config import ApiSettings
 
 _TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/problem+json\r\nconnection: close\r\n"
     b"content-length: %d\r\n\r\n%s"
 )
-_TIMEOUT_BODY = b'{"title":"Request timeout","status":408,"detail":"the request head took longer than %g s","code":"timeout"}'
 
 
 class SlowClientGuard(H11Protocol):
@@ -100,7 +100,9 @@ class SlowClientGuard(H11Protocol):
         self._head_timer = None
         if not self._awaiting_head():
             return
-        body = _TIMEOUT_BODY % self.header_s
+        problem = http_problem(408, f"the request head took longer than {self.header_s:g} s; "
+                                    "send the request line and headers at once")
+        body = problem.model_dump_json(exclude_none=True).encode()
         self.transport.write(_TIMEOUT_RESPONSE % (len(body), body))
         self.logger.info("closed a connection from %s: no complete request head within %g s",
                          _peer(self.client), self.header_s)
