@@ -131,7 +131,7 @@ class CellsResult(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
-    version: str
+    version: str | None = Field(default=None, description="only for callers with the API key")
 
 
 class WorkerPublic(BaseModel):
@@ -146,6 +146,8 @@ class WorkerPublic(BaseModel):
 
 
 class Readiness(BaseModel):
+    """Without the API key only ``ready``, ``queue`` and ``queue_reachable`` are sent."""
+
     ready: bool
     queue: Literal["embedded", "redis"]
     queue_reachable: bool

@@ -41,7 +41,7 @@ from cpcnn.profiles.tables import ROW_GROUP_ROWS, check_finite, feature_columns,
 from cpcnn.schemas import LibraryPublic, TablePublic, TransformPublic
 from service.durable import STALE_TEMPORARY_S, remove_stale, replace_durably
 
-_ID = re.compile(r"^[0-9a-f]{32}$")
+_ID = re.compile(r"[0-9a-f]{32}")
 _TABLE_META = b"cpcnn-table"
 _ORIGIN = "origin.json"
 T = TypeVar("T")
@@ -58,7 +58,7 @@ def artifact_id(kind: str, *parts: str | bytes) -> str:
 
 def check_id(artifact_id: str, kind: str) -> str:
     """Ids are 32 hex digits; anything else cannot exist (and never reaches the filesystem)."""
-    if not _ID.match(artifact_id):
+    if not _ID.fullmatch(artifact_id):
         raise NotFoundError(f"{kind} {artifact_id!r} does not exist (ids are 32 hexadecimal digits)")
     return artifact_id
 
@@ -284,7 +284,7 @@ class ProfileStore:
     def _each(folder: Path, suffix: str, public: Callable[[str], T]) -> Iterator[T]:
         for path in folder.iterdir():
             stem = path.name.removesuffix(suffix) if suffix else path.name
-            if path.name.endswith(suffix) and _ID.match(stem):
+            if path.name.endswith(suffix) and _ID.fullmatch(stem):
                 try:
                     yield public(stem)
                 except (NotFoundError, InputError, OSError):  # deleted or being deleted meanwhile

@@ -32,7 +32,7 @@ from cpcnn.errors import NotFoundError
 from cpcnn.schemas import ImageInfo, JobLinks, JobPublic, JobStatus, Problem
 from service.durable import STALE_TEMPORARY_S, remove_stale, replace_durably, write_bytes_durably
 
-_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def utcnow() -> datetime:
@@ -71,7 +71,7 @@ class JobState(BaseModel):
 
 def check_job_id(job_id: str) -> str:
     """Job ids are 32 hex digits; anything else cannot exist (and never reaches the filesystem)."""
-    if not _JOB_ID.match(job_id):
+    if not _JOB_ID.fullmatch(job_id):
         raise NotFoundError(f"job {job_id!r} does not exist (ids are 32 hexadecimal digits)")
     return job_id
 
@@ -190,7 +190,7 @@ class JobStore:
         shutil.rmtree(trash, ignore_errors=True)
 
     def ids(self) -> list[str]:
-        return sorted(p.name for p in self.jobs_dir.iterdir() if _JOB_ID.match(p.name))
+        return sorted(p.name for p in self.jobs_dir.iterdir() if _JOB_ID.fullmatch(p.name))
 
     def prune(self, *, max_age_s: float) -> int:
         """Delete finished jobs older than ``max_age_s``; returns how many went."""

@@ -23,7 +23,7 @@ from cpcnn.schemas import MatchResult
 #: A stored table's id (or anything with an ``id``, e.g. ``TablePublic``), a CSV/CSV.gz/Parquet path,
 #: the file's bytes, a pandas DataFrame or a mapping of column name -> 1-D array.
 TableInput = Any
-_ID = re.compile(r"^[0-9a-f]{32}$")
+_ID = re.compile(r"[0-9a-f]{32}")
 _INLINE_KEYS = {"ids", "features"}
 MATCH_COLUMNS = ("query_id", "rank", "library_id", "score")
 
@@ -44,7 +44,7 @@ def stored_table_id(source: TableInput) -> str | None:
     value = getattr(source, "id", None)
     if isinstance(value, str):
         return value
-    if isinstance(source, str) and _ID.match(source) and not Path(source).exists():
+    if isinstance(source, str) and _ID.fullmatch(source) and not Path(source).exists():
         return source
     return None
 

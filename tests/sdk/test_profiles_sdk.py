@@ -294,7 +294,8 @@ def test_async_client_on_the_asgi_app(tmp_path: Path) -> None:
     from service.app.main import create_app
     from service.config import ApiSettings
 
-    app = create_app(ApiSettings(env="dev", data_dir=tmp_path / "data", models_dir=tmp_path / "models"))
+    app = create_app(ApiSettings(env="dev", data_dir=tmp_path / "data", models_dir=tmp_path / "models",
+                                 trusted_hosts=["cpcnn.test"]))
     table = synthetic_profiles(seed=5)
 
     async def run() -> tuple[Any, ...]:
