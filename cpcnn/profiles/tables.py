@@ -254,7 +254,7 @@ def table_columns(path: PathLike) -> list[str]:
     if fmt == "parquet":
         return list(pq.read_schema(path).names)
     if fmt == "csv":
-        return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+        return csv_header(path, what=str(path))
     first = path if path.is_file() else _npz.npz_files(path)[0]
     return [str(c) for c in _npz.read_site(first, path if path.is_dir() else first.parent).columns]
 
@@ -304,7 +304,8 @@ def iter_feature_batches(
         yield from _parquet_batches(path, keys, features, batch_rows)
         return
     if fmt == "csv":
-        with pd.read_csv(path, usecols=[*keys, *features], chunksize=batch_rows) as reader:
+        check_csv_rows(path, len(csv_header(path, what=str(path))), what=str(path))
+        with pd.read_csv(path, usecols=[*keys, *features], chunksize=batch_rows, index_col=False) as reader:
             for chunk in reader:
                 yield chunk.loc[:, keys].reset_index(drop=True), feature_matrix(chunk, features)
         return

@@ -140,3 +140,16 @@ def test_table_bombs_keep_peak_memory_near_a_benign_upload(tmp_path: Path) -> No
                           f"decode_table(data, {name!r}, None, Limits())")
         assert probe["outcome"].startswith("PayloadTooLarge"), probe
         assert int(probe["peak"]) - int(base["peak"]) < 100 * 2**20, (name, probe)
+
+
+def test_streamed_csv_reads_refuse_ragged_rows_and_duplicates(tmp_path: Path) -> None:
+    from cpcnn.profiles.tables import iter_feature_batches, table_columns
+
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_bytes(b"Metadata_Well,f0\nA01,1\nA02,2,9\n")
+    with pytest.raises(InputError, match="ragged"):
+        list(iter_feature_batches(ragged, keys=["Metadata_Well"], features=["f0"], batch_rows=10))
+    duplicated = tmp_path / "dup.csv"
+    duplicated.write_bytes(b"Metadata_Well,f0,f0\nA01,1,2\n")
+    with pytest.raises(InputError, match="duplicate column names: f0"):
+        table_columns(duplicated)
