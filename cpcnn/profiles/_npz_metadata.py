@@ -17,8 +17,11 @@ from __future__ import annotations
 import pickletools
 import struct
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from cpcnn.errors import InputError
 
@@ -86,7 +89,9 @@ def parse_metadata_pickle(data: bytes, *, what: str = "metadata") -> dict[str, s
     if len(data) > MAX_METADATA_BYTES:
         raise InputError(f"{what}: {len(data)} bytes of pickled metadata is over the limit of {MAX_METADATA_BYTES}")
     try:
-        result = _run(data, what)
+        with warnings.catch_warnings():  # genops decodes text opcodes it then sees refused
+            warnings.simplefilter("ignore", DeprecationWarning)
+            result = _run(data, what)
     except InputError:
         raise
     except (ValueError, TypeError, KeyError, IndexError, OverflowError, struct.error) as exc:
@@ -292,4 +297,6 @@ def _decode_scalar(dtype: _Dtype, raw: bytes, fail: Any) -> str | int | float | 
     (value,) = struct.unpack(order + code, raw)
     if code == "?" and raw not in (b"\x00", b"\x01"):
         raise fail("numpy bool scalar is neither 0 nor 1")
+    if code in "ef":  # the shortest text that round-trips at its own precision, as numpy prints it
+        value = float(str(np.float16(value) if code == "e" else np.float32(value)))
     return value

@@ -176,13 +176,14 @@ def test_real_deepprofiler_metadata_matches_trusted_unpickling(path: Path) -> No
 
 def test_numpy_scalars_and_our_own_writer_round_trip(tmp_path: Path) -> None:
     values = {"a": np.int64(-5), "b": np.float32(1.5), "c": np.str_("xyz"), "d": np.bool_(True),
-              "e": np.uint16(7), "f": 2**70, "g": -0.25, "h": None, "i": np.float64(np.nan)}
+              "e": np.uint16(7), "f": 2**70, "g": -0.25, "h": None, "i": np.float64(np.nan), "j": np.float32(0.1)}
     buffer = io.BytesIO()
     np.save(buffer, np.array(values, dtype=object))  # numpy's own pickling, protocol 4
     path = write_npz(tmp_path / "scalars.npz", metadata=buffer.getvalue()[128:])
     decoded = read_site_metadata(path)
     assert {k: v for k, v in decoded.items() if k != "i"} == {k: v for k, v in values.items() if k != "i"}
     assert all(type(v) in (int, float, str, bool, type(None)) for v in decoded.values()) and np.isnan(decoded["i"])
+    assert str(decoded["j"]) == "0.1"  # printed as numpy prints a float32, as str() did before
     features = np.arange(12, dtype=np.float32).reshape(4, 3)
     ours = write_cells(tmp_path / "P1" / "A01" / "1.npz", features, np.full((4, 2), 64.0),
                        metadata={"Metadata_Plate": "P1", "Metadata_Well": "A01"}, model_name="m")
