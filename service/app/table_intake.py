@@ -39,6 +39,7 @@ from service.profile_store import artifact_id
 
 _PARQUET_MAGIC = b"PAR1"
 _GZIP_MAGIC = b"\x1f\x8b"
+_GZIP_CHUNK = 1 << 20
 
 
 def table_id_for(data: bytes, features: Sequence[str] | None) -> str:
@@ -164,15 +165,22 @@ def _check_values(rows: int, columns: int, filename: str, limits: Limits) -> Non
 
 
 def _gunzip(data: bytes, filename: str, limit: int) -> bytes:
-    """Decompress at most ``limit`` bytes: a small upload must not expand without bound."""
+    """Decompress at most ``limit`` bytes: a small upload must not expand without bound.
+
+    The size is measured first by streaming through 1 MiB chunks that are thrown away, so a bomb
+    costs one chunk of memory; only a stream within the limit is decompressed into memory.
+    """
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
-            raw = stream.read(limit + 1)
+            total = 0
+            while chunk := stream.read(_GZIP_CHUNK):
+                total += len(chunk)
+                if total > limit:
+                    raise PayloadTooLarge(f"{filename} decompresses to more than the limit of {limit} bytes")
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+            return stream.read(limit + 1)
     except (OSError, EOFError, zlib.error) as exc:
         raise UnsupportedMedia(f"{filename} is not valid gzip ({_short(exc)})") from exc
-    if len(raw) > limit:
-        raise PayloadTooLarge(f"{filename} decompresses to more than the limit of {limit} bytes")
-    return raw
 
 
 def _read_csv(data: bytes, filename: str, limits: Limits) -> pd.DataFrame:
