@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import struct
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,7 @@ def _open_npy(archive: zipfile.ZipFile, member: str, path: Path, *, limit: int) 
     except InputError:
         stream.close()
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
         stream.close()
         raise InputError(f"{path}: '{member}' has no readable .npy header ({exc})".splitlines()[0]) from exc
     return stream, shape, fortran, dtype
@@ -112,7 +113,7 @@ def _read_numeric(archive: zipfile.ZipFile, member: str, path: Path) -> np.ndarr
             )
         try:
             raw = stream.read(expected)
-        except (OSError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        except (OSError, EOFError, zlib.error, zipfile.BadZipFile, ValueError) as exc:
             raise InputError(f"{path}: '{member}' is corrupt ({exc})".splitlines()[0]) from exc
     if len(raw) != expected:
         raise InputError(f"{path}: '{member}' is truncated")
@@ -131,7 +132,7 @@ def read_site_metadata(path: Path) -> dict[str, Any]:
                 if dtype != np.dtype(object):
                     raise InputError(f"{path}: 'metadata' is a {dtype} array, expected a pickled dict")
                 pickled = stream.read(MAX_METADATA_BYTES + 1)
-    except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+    except (OSError, EOFError, zlib.error, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
         raise InputError(f"{path}: not a readable .npz ({exc})".splitlines()[0]) from exc
     return parse_metadata_pickle(pickled, what=f"{path}: 'metadata'")
 
@@ -166,7 +167,7 @@ def read_site(path: Path, root: Path | None = None) -> pd.DataFrame:
                 raise InputError(f"{path}: no 'features' array (keys: {keys})")
             features = _read_numeric(archive, "features.npy", path).astype(np.float32)
             locations = _read_numeric(archive, "locations.npy", path) if "locations.npy" in members else None
-    except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+    except (OSError, EOFError, zlib.error, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
         raise InputError(f"{path}: not a readable .npz ({exc})".splitlines()[0]) from exc
     if features.ndim != 2:
         raise InputError(f"{path}: 'features' has shape {features.shape}, expected (cells, features)")

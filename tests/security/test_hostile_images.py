@@ -163,3 +163,21 @@ def test_hostile_images_keep_peak_memory_near_a_benign_decode(tmp_path: Path) ->
         hostile = run_probe(setup, call)
         assert hostile["outcome"].split(":")[0] in ("UnsupportedMedia", "PayloadTooLarge"), hostile
         assert int(hostile["peak"]) - int(base["peak"]) < 100 * 2**20, (call[:40], hostile)
+
+
+def test_byte_flips_give_only_input_errors() -> None:
+    import random
+
+    plane = (np.arange(96 * 80, dtype=np.uint32) % 4099).astype(np.uint16).reshape(80, 96)
+    rng = random.Random(0)
+    for data in (_tiff(plane, compression="lzw", tile=(16, 16)), _tiff(plane, compression="zlib"),
+                 imagecodecs.png_encode(plane)):
+        for _ in range(150):
+            mutated = bytearray(data)
+            for _ in range(rng.randint(1, 6)):
+                mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+            try:
+                pixels = read_channel(bytes(mutated), max_pixels=1_000_000)
+            except InputError:
+                continue
+            assert pixels.size <= 1_000_000

@@ -208,3 +208,20 @@ def test_npz_bomb_peak_memory_stays_near_a_benign_read(tmp_path: Path) -> None:
     hostile = run_probe(setup, f"read_site(Path({str(bomb)!r}))")
     assert base["outcome"] == "ok" and hostile["outcome"].startswith("PayloadTooLarge"), hostile
     assert int(hostile["peak"]) - int(base["peak"]) < 100 * 2**20
+
+
+def test_corrupt_members_are_input_errors(tmp_path: Path) -> None:
+    features = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    good = write_cells(tmp_path / "good.npz", features, np.ones((64, 2)), metadata={}, model_name="m")
+    data = good.read_bytes()
+    rng = random.Random(1)
+    for trial in range(40):
+        mutated = bytearray(data)
+        for _ in range(8):
+            mutated[rng.randrange(40, len(data) // 2)] ^= 0xFF
+        path = tmp_path / f"bad{trial}.npz"
+        path.write_bytes(bytes(mutated))
+        try:
+            read_site(path, tmp_path)
+        except InputError:
+            continue
