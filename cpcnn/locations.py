@@ -2,7 +2,8 @@
 
 Accepted: a CSV (path, bytes or text) with ``Nuclei_Location_Center_X/Y`` (CellProfiler's nuclei
 table) or ``Location_Center_X/Y``; JSON (a list of ``[x, y]`` pairs, a list of ``{"x":, "y":}``
-objects, or ``{"x": [...], "y": [...]}``); an (N, 2) array; or a DataFrame with those columns.
+objects, or ``{"x": [...], "y": [...]}``, numbers only; any other shape is an error, never a guess);
+an (N, 2) array; or a DataFrame with those columns.
 Row order is kept: output row i is the cell of input row i.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from cpcnn._types import F64Array
-from cpcnn.errors import InputError
+from cpcnn.errors import InputError, PayloadTooLarge
 
 #: Column pairs we accept, in order of preference.
 COLUMN_PAIRS: tuple[tuple[str, str], ...] = (
@@ -44,61 +45,194 @@ def read_locations(source: LocationsSource) -> F64Array:
     return parse_locations_text(path.read_text(encoding="utf-8-sig", errors="replace"))
 
 
-def parse_locations_text(text: str) -> F64Array:
-    """CSV or JSON text -> (N, 2) float64 centres."""
+def parse_locations_text(text: str, *, max_cells: int | None = None) -> F64Array:
+    """CSV or JSON text -> (N, 2) float64 centres; more than ``max_cells`` rows is PayloadTooLarge.
+
+    Rows are counted while parsing, so an oversized file is refused before it is held in memory.
+    """
     stripped = text.lstrip()
     if stripped.startswith(("[", "{")):
-        return parse_locations_json(stripped)
-    return parse_locations_csv(text)
+        return parse_locations_json(stripped, max_cells=max_cells)
+    return parse_locations_csv(text, max_cells=max_cells)
 
 
-def parse_locations_csv(text: str) -> F64Array:
+def _too_many(max_cells: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"more than {max_cells} locations is over the limit of {max_cells} cells per job")
+
+
+def parse_locations_csv(text: str, *, max_cells: int | None = None) -> F64Array:
     """CSV text with a header naming the centre columns -> (N, 2) float64."""
     reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if header is None:
-        raise InputError("locations CSV is empty (no header row)")
-    names = [h.strip() for h in header]
-    x_col, y_col = _pick_columns(names)
-    ix, iy = names.index(x_col), names.index(y_col)
-    values: list[tuple[float, float]] = []
-    for line_number, row in enumerate(reader, start=2):
-        if not row or all(not cell.strip() for cell in row):
-            continue
-        try:
-            values.append((float(row[ix]), float(row[iy])))
-        except (ValueError, IndexError) as exc:
-            raise InputError(f"locations CSV line {line_number}: cannot read {x_col}/{y_col} as numbers") from exc
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise InputError("locations CSV is empty (no header row)")
+        names = [h.strip() for h in header]
+        x_col, y_col = _pick_columns(names)
+        ix, iy = names.index(x_col), names.index(y_col)
+        values: list[tuple[float, float]] = []
+        for line_number, row in enumerate(reader, start=2):
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if max_cells is not None and len(values) >= max_cells:
+                raise _too_many(max_cells)
+            try:
+                values.append((float(row[ix]), float(row[iy])))
+            except (ValueError, IndexError) as exc:
+                raise InputError(f"locations CSV line {line_number}: cannot read {x_col}/{y_col} as numbers") from exc
+    except csv.Error as exc:
+        raise InputError(f"locations CSV is malformed at line {reader.line_num}: {exc}") from exc
     return validate_centers(np.array(values, dtype=np.float64).reshape(-1, 2))
 
 
-def parse_locations_json(text: str) -> F64Array:
-    """JSON pairs, objects or column lists -> (N, 2) float64."""
+_DECODER = json.JSONDecoder()
+_SPACE = " \t\n\r"
+_SHAPES = "a list of [x, y] pairs, a list of {\"x\": x, \"y\": y} objects, or {\"x\": [...], \"y\": [...]}"
+
+
+def parse_locations_json(text: str, *, max_cells: int | None = None) -> F64Array:
+    """JSON pairs, objects or column lists -> (N, 2) float64; any other shape is an InputError.
+
+    The outer list (or the two column lists) is walked one element at a time, so nesting depth,
+    number sizes and the cell count are checked before more than one element is in memory.
+    """
     try:
-        data = json.loads(text)
+        if text.startswith("["):
+            pairs, end = _json_list(text, 0, max_cells, _json_point)
+        else:
+            pairs, end = _json_columns(text, max_cells)
+        end = _skip_space(text, end)
+        if end != len(text):
+            raise InputError(f"locations JSON has extra data after position {end}")
     except json.JSONDecodeError as exc:
         raise InputError(f"locations JSON is not valid JSON: {exc.msg} at line {exc.lineno}") from exc
-    try:
-        if isinstance(data, dict):
-            keys = {k.lower(): k for k in data}
-            if "x" in keys and "y" in keys:
-                xs, ys = data[keys["x"]], data[keys["y"]]
-            else:
-                x_col, y_col = _pick_columns(list(data))
-                xs, ys = data[x_col], data[y_col]
-            if len(xs) != len(ys):
-                raise InputError(f"locations JSON has {len(xs)} x values but {len(ys)} y values")
-            pairs = list(zip(xs, ys, strict=True))
-        elif isinstance(data, list):
-            pairs = [(p["x"], p["y"]) if isinstance(p, dict) else tuple(p) for p in data]
-        else:
-            raise InputError("locations JSON must be a list of [x, y] pairs or an object with x and y lists")
-        array = np.array(pairs, dtype=np.float64).reshape(-1, 2) if pairs else np.zeros((0, 2))
-    except InputError:
-        raise
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"locations JSON: each location needs numeric x and y ({exc})") from exc
+    except RecursionError as exc:
+        raise InputError("locations JSON is nested too deeply") from exc
+    except ValueError as exc:  # e.g. an integer longer than Python's digit limit
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"locations JSON: {str(exc).splitlines()[0][:120]}") from exc
+    array = np.array(pairs, dtype=np.float64).reshape(-1, 2) if pairs else np.zeros((0, 2))
     return validate_centers(array)
+
+
+def _skip_space(text: str, at: int) -> int:
+    while at < len(text) and text[at] in _SPACE:
+        at += 1
+    return at
+
+
+def _expect(text: str, at: int, char: str) -> int:
+    at = _skip_space(text, at)
+    if at >= len(text) or text[at] != char:
+        raise json.JSONDecodeError(f"Expecting '{char}'", text, at)
+    return at + 1
+
+
+def _json_list(
+    text: str, at: int, max_items: int | None, item: Any, *, over: Any = _too_many
+) -> tuple[list[Any], int]:
+    """Decode ``[a, b, ...]`` at ``at`` element by element -> (items, index after ``]``).
+
+    ``item(text, at, index)`` decodes one element and returns (value, index after it); a list
+    longer than ``max_items`` raises ``over(max_items)`` as soon as the extra element is reached.
+    """
+    at = _expect(text, at, "[")
+    items: list[Any] = []
+    at = _skip_space(text, at)
+    if at < len(text) and text[at] == "]":
+        return items, at + 1
+    while True:
+        if max_items is not None and len(items) >= max_items:
+            raise over(max_items)
+        value, at = item(text, _skip_space(text, at), len(items))
+        items.append(value)
+        at = _skip_space(text, at)
+        if at < len(text) and text[at] == ",":
+            at += 1
+            continue
+        return items, _expect(text, at, "]")
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InputError(f"locations JSON: {where} is {json.dumps(value)[:40]}, expected a number; use {_SHAPES}")
+    try:
+        return float(value)
+    except OverflowError as exc:
+        raise InputError(f"locations JSON: {where} is too large for a coordinate") from exc
+
+
+def _json_number(text: str, at: int, where: str) -> tuple[float, int]:
+    """One JSON number at ``at`` (a container there is refused before it is decoded)."""
+    if at < len(text) and text[at] in "[{":
+        raise InputError(f"locations JSON: {where} is not a number; use {_SHAPES}")
+    value, end = _DECODER.raw_decode(text, at)
+    return _number(value, where), end
+
+
+def _json_point(text: str, at: int, index: int) -> tuple[tuple[float, float], int]:
+    """One location: ``[x, y]`` or ``{"x": x, "y": y}`` -> ((x, y), index after it)."""
+    if at < len(text) and text[at] == "[":
+        values, end = _json_list(
+            text, at, 2, lambda t, a, i: _json_number(t, a, f"{'xy'[i]} of location {index}"),
+            over=lambda _n: _not_a_point(index),
+        )
+        if len(values) == 2:
+            return (values[0], values[1]), end
+    elif at < len(text) and text[at] == "{":
+        point: dict[str, float] = {}
+        at = _skip_space(text, at + 1)
+        while at < len(text) and text[at] != "}":
+            key, at = _DECODER.raw_decode(text, at) if text[at] == '"' else (None, at)
+            if key not in ("x", "y") or key in point:
+                break
+            point[key], at = _json_number(text, _skip_space(text, _expect(text, at, ":")), f"{key} of location {index}")
+            at = _skip_space(text, at)
+            if at < len(text) and text[at] == ",":
+                at = _skip_space(text, at + 1)
+        else:
+            if len(point) == 2:
+                return (point["x"], point["y"]), _expect(text, at, "}")
+    elif at < len(text) and text[at] not in ",]":
+        _DECODER.raw_decode(text, at)  # invalid JSON is reported as such
+    raise _not_a_point(index)
+
+
+def _not_a_point(index: int) -> InputError:
+    return InputError(
+        f'locations JSON: location {index} is not an [x, y] pair or an {{"x", "y"}} object (each location needs '
+        f"numeric x and y); use {_SHAPES}"
+    )
+
+
+def _json_columns(text: str, max_cells: int | None) -> tuple[list[tuple[float, float]], int]:
+    """``{"x": [...], "y": [...]}`` (or CellProfiler's column names) -> pairs, index after ``}``."""
+    at = _expect(text, 0, "{")
+    columns: dict[str, list[float]] = {}
+    at = _skip_space(text, at)
+    while at < len(text) and text[at] != "}":
+        if len(columns) >= 2:
+            raise InputError(f"locations JSON object has more than the two columns x and y; use {_SHAPES}")
+        key, at = _DECODER.raw_decode(text, at)
+        if not isinstance(key, str) or key in columns:
+            raise InputError(f"locations JSON object keys must be two distinct names; use {_SHAPES}")
+        at = _expect(text, at, ":")
+        values, at = _json_list(text, at, max_cells, lambda t, a, i, k=key: _json_number(t, a, f"{k}[{i}]"))
+        columns[key] = values
+        at = _skip_space(text, at)
+        if at < len(text) and text[at] == ",":
+            at = _skip_space(text, at + 1)
+    at = _expect(text, at, "}")
+    lower = {k.lower(): k for k in columns}
+    if set(lower) == {"x", "y"}:
+        xs, ys = columns[lower["x"]], columns[lower["y"]]
+    else:
+        x_col, y_col = _pick_columns(list(columns))
+        xs, ys = columns[x_col], columns[y_col]
+    if len(xs) != len(ys):
+        raise InputError(f"locations JSON has {len(xs)} x values but {len(ys)} y values")
+    return list(zip(xs, ys, strict=True)), at
 
 
 def validate_centers(centers: Any) -> F64Array:

@@ -31,8 +31,11 @@ class Limits(BaseModel):
     max_part_bytes: int = Field(default=256 * 2**20, gt=0)
     max_pixels: int = Field(default=25_000_000, gt=0, description="per channel")
     max_cells: int = Field(default=50_000, gt=0)
-    max_table_bytes: int = Field(default=2 * 2**30, gt=0, description="decompressed CSV size of one profile table")
-    max_table_values: int = Field(default=250_000_000, gt=0, description="rows x columns of one profile table")
+    max_table_bytes: int = Field(default=512 * 2**20, gt=0, description="decompressed CSV (or uncompressed Parquet) size of one profile table")
+    max_table_values: int = Field(default=100_000_000, gt=0, description="rows x columns of one profile table")
+    max_table_expansion: int = Field(
+        default=50, gt=0, description="decoded bytes per uploaded byte of a compressed table (gzip CSV, Parquet)"
+    )
     max_matches: int = Field(default=1_000_000, gt=0, description="queries x top_k rows in one match answer")
     max_sphering_features: int = Field(
         default=2048, gt=0, description="features of one sphering fit (memory D^2, time D^3, file 8 D^2 bytes)"

@@ -92,9 +92,7 @@ def prepare(sub: Submission, job_id: str, manifest: ModelManifest, limits: Limit
             text = sub.locations.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise InputError("locations must be UTF-8 text (CSV or JSON)") from exc
-        centers = parse_locations_text(text)
-        if centers.shape[0] > limits.max_cells:
-            raise PayloadTooLarge(f"{centers.shape[0]} locations is over the limit of {limits.max_cells} cells per job")
+        centers = parse_locations_text(text, max_cells=limits.max_cells)  # counted while parsing
         check_boxes_overlap(centers, height, width, crop_size=manifest.crop_size)
     elif not sub.detect_nuclei:
         raise InputError("no locations: upload a 'locations' part (CSV or JSON) or set detect_nuclei=true")
