@@ -137,7 +137,7 @@ def bench_deepprofiler(dp_python: Path, index_path: Path, checkpoint: Path, work
         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
     )
     wall = time.perf_counter() - started
-    log = "\n".join(p.read_text(errors="replace") for p in (work / "dp" / "dp").glob("*/profile.log"))
+    log = "\n".join(p.read_text(errors="replace") for p in (work / "dp" / "dp").rglob("profile.log"))
     timings = [(int(n), float(s)) for n, s in re.findall(r"\((\d+) cells\) : ([0-9.]+) secs", log)]
     cells = sum(n for n, _ in timings)
     return {

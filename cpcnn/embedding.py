@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from cpcnn.crops import check_boxes_overlap, crop_cells
 from cpcnn.errors import CpcnnError, InputError
 from cpcnn.locations import validate_centers
 from cpcnn.manifest import ModelManifest
+from cpcnn.onnx_graph import GRAPH_REVISION, graph_revision, upgraded_model
 from cpcnn.store import StoredModel
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class Embedder:
         options.intra_op_num_threads = 1  # parallelism comes from concurrent streams (module doc)
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self._session = ort.InferenceSession(str(model.onnx_path), sess_options=options, providers=providers)
+        self._session = open_session(model, options, providers)
         active = self._session.get_providers()[0]
         on_gpu = active == "CUDAExecutionProvider"
         if providers[0] == "CUDAExecutionProvider" and not on_gpu:
@@ -274,6 +275,40 @@ class Embedder:
                 f"model {self.manifest.name} expects {len(self.manifest.channels)} channels "
                 f"({', '.join(self.manifest.channels)}), image has shape {image.shape}"
             )
+
+def open_session(model: StoredModel, options: Any, providers: list[str]) -> Any:
+    """ONNX Runtime session for ``model``. An export older than :data:`GRAPH_REVISION` loses accuracy in
+    ONNX Runtime's fast layout (:mod:`cpcnn.onnx_graph`): it is upgraded in memory, or, without the
+    ``onnx`` package, run without that layout (as accurate, ~2.7x slower); either way a warning says
+    how to re-import it once."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model.onnx_path), sess_options=options, providers=providers)
+    if graph_revision(session.get_modelmeta().custom_metadata_map) >= GRAPH_REVISION:
+        return session
+    name = model.manifest.name
+    fix = f"cpcnn models import {model.manifest.source or 'WEIGHTS_FILE'} --name {name} --overwrite"
+    try:
+        upgraded = upgraded_model(model.onnx_path)
+    except Exception as exc:  # onnx missing, or a graph the rewrite does not understand
+        logger.warning(
+            "model %s may be an older cpcnn export, whose pooling loses accuracy in ONNX Runtime's fast "
+            "layout, and cannot be checked here (%s): running it without that layout (same accuracy, about "
+            "2.7x slower). Re-import it once to get both: %s",
+            name, exc, fix,
+        )
+        return ort.InferenceSession(
+            str(model.onnx_path), sess_options=options, providers=providers, disabled_optimizers=["NchwcTransformer"]
+        )
+    if upgraded is None:  # nothing to split: not an older cpcnn export
+        return session
+    logger.warning(
+        "model %s was exported by an older cpcnn whose pooling loses accuracy in ONNX Runtime's fast layout; "
+        "upgraded in memory. Re-import it once to skip this: %s",
+        name, fix,
+    )
+    return ort.InferenceSession(upgraded, sess_options=options, providers=providers)
+
 
 def _timed(function: Callable[[F32Array], object], argument: F32Array) -> float:
     started = time.perf_counter()

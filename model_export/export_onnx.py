@@ -15,6 +15,7 @@ import torch
 
 from cpcnn.errors import InputError
 from cpcnn.manifest import ONNX_METADATA_KEY, ModelManifest
+from cpcnn.onnx_graph import mark_revision
 from model_export.simplify import simplify
 from training.net import FeatureExtractor
 
@@ -69,6 +70,7 @@ def export_onnx(extractor: FeatureExtractor, path: Path, *, manifest: ModelManif
     model = simplify(onnx.load(str(path)))
     model.doc_string = f"cpcnn {manifest.name}: {manifest.feature_layer} features ({manifest.feature_size})"
     onnx.helper.set_model_props(model, manifest_metadata(manifest))
+    mark_revision(model)
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
     return path

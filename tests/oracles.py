@@ -145,3 +145,50 @@ def paper_odds_ratio_naive(scores: np.ndarray, positives: np.ndarray, percentile
     """One query's folds of enrichment as the paper's published code: scipy's odds ratio, infinity -> d."""
     raw, _, (_, _, _, d) = foe_naive(scores, positives, percentile)
     return float(d) if math.isinf(raw) else raw
+
+
+def features_float64(net: object, crops: np.ndarray, *, layer: str = "block6a_activation", batch: int = 32) -> np.ndarray:
+    """(N, S, S, C) float32 crops -> (N, D) float64 features of our torch network run in float64.
+
+    The reference for float32 round-off, independent of ONNX Runtime: a float64 copy of ``net``
+    (an ``EfficientNetB0``), with depthwise convolutions as explicit shifted multiply-adds (torch's
+    float64 grouped convolution loops over channels and is ~50x slower).
+    """
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    from training.arch import tf_same_pads
+    from training.net import FeatureExtractor, SameConv2d
+
+    def depthwise(conv: SameConv2d) -> object:
+        kernel, stride = conv.kernel_size[0], conv.stride[0]
+        weight = conv.weight[:, 0]  # (C, k, k)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            top, bottom = tf_same_pads(int(x.shape[-2]), kernel, stride)
+            left, right = tf_same_pads(int(x.shape[-1]), kernel, stride)
+            x = F.pad(x, (left, right, top, bottom))
+            rows = (x.shape[-2] - kernel) // stride + 1
+            cols = (x.shape[-1] - kernel) // stride + 1
+            out = torch.zeros((*x.shape[:2], rows, cols), dtype=x.dtype)
+            for i in range(kernel):
+                for j in range(kernel):
+                    window = x[:, :, i : i + stride * (rows - 1) + 1 : stride, j : j + stride * (cols - 1) + 1 : stride]
+                    out.addcmul_(window, weight[:, i, j].view(1, -1, 1, 1))
+            return out
+
+        return forward
+
+    net64 = copy.deepcopy(net).double().eval()
+    for module in net64.modules():
+        if isinstance(module, SameConv2d) and module.groups > 1 and module.bias is None:
+            module.forward = depthwise(module)
+    extractor = FeatureExtractor(net64, layer)
+    with torch.no_grad():
+        chunks = [
+            extractor(torch.from_numpy(crops[start : start + batch].astype(np.float64))).numpy()
+            for start in range(0, len(crops), batch)
+        ]
+    return np.concatenate(chunks) if chunks else np.zeros((0, extractor.feature_size))

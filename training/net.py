@@ -104,7 +104,8 @@ class MBConv(nn.Module):
     def finish(self, inputs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         """Squeeze-excite, projection and residual, given the block input and its activation."""
         # Global average pooling (not mean over dims) exports as GlobalAveragePool, which ONNX Runtime
-        # runs in its blocked CPU layout; a ReduceMean would force two layout reorders per block.
+        # runs in its blocked CPU layout; a ReduceMean would force two layout reorders per block. The
+        # exporter splits the long ones in two stages, for accuracy there (cpcnn.onnx_graph).
         se = F.adaptive_avg_pool2d(act, 1)
         se = torch.sigmoid(self.se_expand(F.silu(self.se_reduce(se))))
         x: torch.Tensor = self.project_bn(self.project_conv(act * se))

@@ -19,9 +19,12 @@ DeepProfiler and cpcnn load, so this writes random ones in the same file format.
   perturbed and snapped to a coarse grid, see ``quantize_stats``), the way a trained
   network's statistics match its data. Features then vary from cell to cell, stay mostly
   O(0.01..10), and BN means/variances are far from 0/1, so a port that ignores them fails.
-  The file is bit-identical from run to run and across CPU kernels.
+  The file is bit-identical from run to run and across CPU kernels. ``--bn-spread`` scales how
+  far the statistics are perturbed from the calibration (1 = the default checkpoint; larger =
+  statistics further from the data, features more ill-conditioned).
 
-Usage: python make_checkpoint.py OUT.hdf5 [--seed N]
+Usage: python make_checkpoint.py OUT.hdf5 [--seed N] [--bn-spread S] [--also OUT2.hdf5:SEED:SPREAD ...]
+(``--also`` writes more checkpoints from the same process, saving TensorFlow's start-up.)
 """
 
 import argparse
@@ -153,7 +156,7 @@ def quantize_stats(mean, var):
     return (np.round(mean / step) * step).astype(np.float32), var_q.astype(np.float32)
 
 
-def calibrate_batchnorm(model, crops, seed):
+def calibrate_batchnorm(model, crops, seed, spread=1.0):
     """Set each BN layer's moving mean/variance near the statistics of its input on ``crops``.
 
     Layers are visited in graph order; each block's input is computed once and fed back in
@@ -175,29 +178,20 @@ def calibrate_batchnorm(model, crops, seed):
         x = sess.run(layer.input, feed).astype(np.float64)
         mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
         rng = tensor_rng(seed, layer.name + "/calibration")
-        mean = mean + 0.1 * np.sqrt(var) * rng.standard_normal(mean.shape)
-        var = var * rng.uniform(0.8, 1.25, var.shape) + 1e-4
+        mean = mean + 0.1 * spread * np.sqrt(var) * rng.standard_normal(mean.shape)
+        var = var * rng.uniform(0.8, 1.25, var.shape) ** spread + 1e-4
         gamma, beta, _, _ = layer.get_weights()
         layer.set_weights([gamma, beta, *quantize_stats(mean, var)])
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out", help="output .hdf5 path")
-    ap.add_argument("--seed", type=int, default=20220927)
-    args = ap.parse_args(argv)
-
-    import tensorflow as tf
-
-    tf.get_logger().setLevel("ERROR")
+def write_checkpoint(out, seed, spread):
+    """Build, calibrate, save and reload-check one checkpoint."""
     # Calibrate in float64: its round-off is far below the grid of quantize_stats, so the
     # written file does not depend on the CPU's float32 kernels.
     model64 = build_dp_model(float64=True)
-    values = [
-        random_value(w.name, [int(d) for d in w.shape], args.seed).astype(np.float32) for w in model64.weights
-    ]
+    values = [random_value(w.name, [int(d) for d in w.shape], seed).astype(np.float32) for w in model64.weights]
     model64.set_weights([v.astype(np.float64) for v in values])
-    calibrate_batchnorm(model64, calibration_crops(args.seed).astype(np.float64), args.seed)
+    calibrate_batchnorm(model64, calibration_crops(seed).astype(np.float64), seed, spread)
     values = [v.astype(np.float32) for v in model64.get_weights()]
 
     names64 = [w.name for w in model64.weights]
@@ -205,7 +199,7 @@ def main(argv=None):
     if [w.name for w in model.weights] != names64:
         sys.exit("float64 and float32 builds disagree on weight names")
     model.set_weights(values)
-    out = os.path.abspath(args.out)
+    out = os.path.abspath(out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     tmp = out + ".tmp.hdf5"
     model.save_weights(tmp, save_format="h5")
@@ -224,8 +218,25 @@ def main(argv=None):
     os.replace(tmp, out)
     print(
         f"wrote {out}: {len(model.layers)} layers, {len(values)} weight tensors "
-        f"({len(backbone)} checked after by-name reload), seed {args.seed}"
+        f"({len(backbone)} checked after by-name reload), seed {seed}, BN spread {spread:g}"
     )
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", help="output .hdf5 path")
+    ap.add_argument("--seed", type=int, default=20220927)
+    ap.add_argument("--bn-spread", type=float, default=1.0, help="scale of the BN statistics' perturbation")
+    ap.add_argument("--also", action="append", default=[], metavar="OUT:SEED:SPREAD", help="another checkpoint")
+    args = ap.parse_args(argv)
+
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    write_checkpoint(args.out, args.seed, args.bn_spread)
+    for spec in args.also:
+        out, seed, spread = spec.rsplit(":", 2)
+        write_checkpoint(out, int(seed), float(spread))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ Sites (all 5 Cell Painting channels, one single-page uncompressed TIFF per chann
   ``max - min + eps`` normalisation of flat crops (and of zero-filled border crops).
 * ``synth-1080x1080`` uint16 with saturated pixels in Mito.
 * ``synth8-301x403``  uint8, odd sizes.
+* ``synth8in16-520x696`` 8-bit data in 16-bit TIFFs (values 0..255) with saturated (255) nuclei
+  and cytoplasm, as microscopes that write 8-bit cameras into 16-bit files produce.
 * ``pcatlas-BR00143976-C03-s3`` the real 16-bit Opera Phenix site, re-written uncompressed
   (DeepProfiler's skimage/tifffile cannot decode LZW without imagecodecs) with its 41
   nucleus centres plus border locations inserted at seeded positions.
@@ -215,6 +217,16 @@ def synthetic_sites(outdir):
     chans = render(h, w, locs, rng, peak=[200, 90, 120, 60, 180], background=[8, 5, 10, 4, 20], bit8=True)
     entries.append(
         write_site(outdir, dict(id="synth8-301x403", plate="SYNTHC", well="D07", site=1), chans, locs)
+    )
+
+    rng = np.random.default_rng([SEED, 6])
+    h, w = 520, 696
+    locs = border_locations(h, w) + interior(12, h, w, rng)
+    locs = [locs[i] for i in rng.permutation(len(locs))]
+    chans = render(h, w, locs, rng, peak=[700, 300, 450, 260, 600], background=[10, 6, 12, 5, 30], bit8=True)
+    chans = {name: plane.astype(np.uint16) for name, plane in chans.items()}
+    entries.append(
+        write_site(outdir, dict(id="synth8in16-520x696", plate="SYNTHD", well="E09", site=3), chans, locs)
     )
     return entries
 

@@ -7,7 +7,7 @@
 #        DUMP_CROPS  if 1, also write OUTDIR/crops_example.npz (DeepProfiler's own crops for
 #                    the real sample site, with activations) for debugging a port
 #
-# Result: OUTDIR/reference/manifest.json and OUTDIR/reference/{site}.npz (see run_reference.py).
+# Result: OUTDIR/reference/manifest.json and OUTDIR/reference/{checkpoint}/{site}.npz (see run_reference.py).
 set -euo pipefail
 
 if [[ $# -ne 1 ]]; then
@@ -33,9 +33,14 @@ start=$SECONDS
 step "deepprofiler venv" bash "$here/setup_env.sh" "$venv"
 py="$venv/bin/python"
 ckpt="$out/checkpoint/cnn1_random_weights.hdf5"
-step "checkpoint" "$py" "$here/make_checkpoint.py" "$ckpt"
+# Two more checkpoints, other seeds and BatchNorm statistics further from / closer to the data,
+# profiled on two 520x696 fields only (see run_reference.py).
+wide="$out/checkpoint/cnn1_seed1_bnspread3.hdf5"
+narrow="$out/checkpoint/cnn1_seed2_bnspread0.3.hdf5"
+step "checkpoints" "$py" "$here/make_checkpoint.py" "$ckpt" --also "$wide:1:3" --also "$narrow:2:0.3"
 step "inputs" "$py" "$here/make_inputs.py" "$out/inputs"
-step "deepprofiler profile" "$py" "$here/run_reference.py" --inputs "$out/inputs" --checkpoint "$ckpt" --out "$out"
+step "deepprofiler profile" "$py" "$here/run_reference.py" --inputs "$out/inputs" --out "$out" \
+    --checkpoint "$ckpt" --checkpoint "$wide" --checkpoint "$narrow"
 if [[ "${DUMP_CROPS:-0}" == 1 ]]; then
     step "crops example" "$py" "$here/dump_crops.py" --inputs "$out/inputs" --checkpoint "$ckpt" \
         --out "$out/crops_example.npz"

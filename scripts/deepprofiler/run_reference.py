@@ -14,13 +14,17 @@ Runs inside the DeepProfiler venv. DeepProfiler is driven only through its own C
 The configured image width/height must equal every image's size (the crop placeholder has
 that static shape), so sites are grouped by size into one project per size.
 
-Output: OUT/reference/{site_id}.npz with ``features`` (N, 672) float32 exactly as DeepProfiler
-wrote them (NaN rows included: DeepProfiler gives NaN for a crop with a flat non-zero channel)
-and ``centers`` (N, 2) float64 (x, y) in locations-file row order, plus
-OUT/reference/manifest.json describing every site, its paths relative to OUT.
-DeepProfiler's own projects and logs are kept under OUT/dp/.
+Several checkpoints: the first runs on every site, each further one on ``--extra-sites`` (default
+two non-square 520x696 fields: border cells at every edge, flat channels, saturated 8-bit data in
+16-bit files; one image size, so one DeepProfiler start-up, the slow part, per checkpoint).
 
-Usage: python run_reference.py --inputs IN --checkpoint CKPT.hdf5 --out OUT
+Output: OUT/reference/{checkpoint}/{site_id}.npz with ``features`` (N, 672) float32 exactly as
+DeepProfiler wrote them (NaN rows included: DeepProfiler gives NaN for a crop with a flat non-zero
+channel) and ``centers`` (N, 2) float64 (x, y) in locations-file row order, plus
+OUT/reference/manifest.json describing every run (checkpoint and sites), paths relative to OUT.
+DeepProfiler's own projects and logs are kept under OUT/dp/{checkpoint}/.
+
+Usage: python run_reference.py --inputs IN --checkpoint CKPT.hdf5 [--checkpoint CKPT2.hdf5 ...] --out OUT
 """
 
 import argparse
@@ -173,51 +177,20 @@ def run_deepprofiler(root):
         sys.exit(f"deepprofiler failed (exit {rc}) for {root}; log {log_path}:\n{tail}")
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--inputs", required=True, help="folder with index.json from make_inputs.py")
-    ap.add_argument("--checkpoint", required=True, help="Keras HDF5 checkpoint")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--batch-size", type=int, default=32)
-    args = ap.parse_args(argv)
-
-    inputs = os.path.abspath(args.inputs)
-    out = os.path.abspath(args.out)
-    with open(os.path.join(inputs, "index.json")) as f:
-        index = json.load(f)
-
-    groups = {}
-    for s in index["sites"]:
-        groups.setdefault((s["height"], s["width"]), []).append(s)
-
-    ref_dir = os.path.join(out, "reference")
+def profile_sites(sites, inputs, checkpoint, dp_dir, ref_dir, batch_size, rel):
+    """Run DeepProfiler with one checkpoint on ``sites`` (one project per image size); site entries."""
     os.makedirs(ref_dir, exist_ok=True)
-    import deepprofiler
-    import tensorflow as tf
-
-    def rel(path):
-        return os.path.relpath(path, out)
-
-    manifest = {
-        "deepprofiler_version": getattr(deepprofiler, "__version__", "0.5.1"),
-        "tensorflow_version": tf.__version__,
-        "feature_layer": FEATURE_LAYER,
-        "box_size": BOX_SIZE,
-        "channels": CHANNELS,
-        "paths_relative_to": "..",
-        "checkpoint": rel(os.path.abspath(args.checkpoint)),
-        "checkpoint_sha256": sha256(args.checkpoint),
-        "inputs": rel(inputs),
-        "sites": [],
-    }
-    for (h, w), sites in sorted(groups.items()):
-        root = os.path.join(out, "dp", f"{h}x{w}")
-        layout_project(root, sites, inputs, args.checkpoint, args.batch_size)
+    groups = {}
+    for s in sites:
+        groups.setdefault((s["height"], s["width"]), []).append(s)
+    entries = []
+    for (h, w), group in sorted(groups.items()):
+        root = os.path.join(dp_dir, f"{h}x{w}")
+        layout_project(root, group, inputs, checkpoint, batch_size)
         t0 = time.time()
         run_deepprofiler(root)
-        print(f"deepprofiler {h}x{w}: {len(sites)} sites in {time.time() - t0:.1f}s")
-
-        for s in sites:
+        print(f"deepprofiler {os.path.basename(checkpoint)} {h}x{w}: {len(group)} sites in {time.time() - t0:.1f}s")
+        for s in group:
             npz = os.path.join(root, "outputs", EXP, "features", s["plate"], s["well"], f"{s['site']}.npz")
             if not os.path.isfile(npz):
                 sys.exit(f"deepprofiler wrote no features for {s['id']} ({npz})")
@@ -242,15 +215,60 @@ def main(argv=None):
                 feature_min=float(np.nanmin(feats)),
                 feature_max=float(np.nanmax(feats)),
             )
-            manifest["sites"].append(entry)
+            entries.append(entry)
             print(
                 f"  {s['id']}: {feats.shape[0]} cells, |f| mean {entry['feature_abs_mean']:.3g} "
                 f"max {entry['feature_abs_max']:.3g}, {len(nan_rows)} NaN rows"
             )
+    return entries
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--inputs", required=True, help="folder with index.json from make_inputs.py")
+    ap.add_argument("--checkpoint", required=True, action="append", help="Keras HDF5 checkpoint (repeatable)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--extra-sites", default="synth-flat-520x696,synth8in16-520x696",
+                    help="comma-separated site ids further checkpoints run on")
+    args = ap.parse_args(argv)
+
+    inputs = os.path.abspath(args.inputs)
+    out = os.path.abspath(args.out)
+    with open(os.path.join(inputs, "index.json")) as f:
+        index = json.load(f)
+
+    ref_dir = os.path.join(out, "reference")
+    import deepprofiler
+    import tensorflow as tf
+
+    def rel(path):
+        return os.path.relpath(path, out)
+
+    manifest = {
+        "deepprofiler_version": getattr(deepprofiler, "__version__", "0.5.1"),
+        "tensorflow_version": tf.__version__,
+        "feature_layer": FEATURE_LAYER,
+        "box_size": BOX_SIZE,
+        "channels": CHANNELS,
+        "paths_relative_to": "..",
+        "inputs": rel(inputs),
+        "runs": [],
+    }
+    extra_sites = set(args.extra_sites.split(","))
+    for number, checkpoint in enumerate(args.checkpoint):
+        name = os.path.splitext(os.path.basename(checkpoint))[0]
+        sites = [s for s in index["sites"] if number == 0 or s["id"] in extra_sites]
+        entries = profile_sites(sites, inputs, checkpoint, os.path.join(out, "dp", name),
+                                os.path.join(ref_dir, name), args.batch_size, rel)
+        manifest["runs"].append(
+            {"checkpoint": rel(os.path.abspath(checkpoint)), "checkpoint_sha256": sha256(checkpoint), "sites": entries}
+        )
 
     with open(os.path.join(ref_dir, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
-    print(f"reference features for {len(manifest['sites'])} sites in {ref_dir}")
+    total = sum(len(run["sites"]) for run in manifest["runs"])
+    print(f"reference features for {len(manifest['runs'])} checkpoints, {total} fields in {ref_dir}")
 
 
 if __name__ == "__main__":
