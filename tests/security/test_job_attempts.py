@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import _jobs_fixtures
 import httpx
 import pytest
 import redis
@@ -30,7 +29,6 @@ from service.redis_queue import attempts_key
 from service.storage import JobStore
 
 pytestmark = pytest.mark.slow
-_isolated_home = _jobs_fixtures._isolated_home
 
 GAVE_UP = "gave up after 3 attempts: the worker process died while running it"
 

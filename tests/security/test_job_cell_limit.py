@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import _jobs_fixtures
 import httpx
 import pytest
 from _servers import wait_ready
@@ -15,9 +14,6 @@ from _tiny_model import synthetic_site, tiff_bytes
 from cpcnn._types import CHANNELS
 from service.config import Limits
 from service.worker import tasks
-
-_isolated_home = _jobs_fixtures._isolated_home
-models_dir, make_settings, serve = _jobs_fixtures.models_dir, _jobs_fixtures.make_settings, _jobs_fixtures.serve
 
 
 def _files(n_cells: int) -> dict[str, Any]:

@@ -23,8 +23,6 @@ from cpcnn.profiles import Library, fit_sphering
 from cpcnn.profiles.sphering import check_lambda
 from service.profile_store import ProfileStore, artifact_id
 
-_isolated_home = _jobs_fixtures._isolated_home
-models_dir, make_settings, serve = _jobs_fixtures.models_dir, _jobs_fixtures.make_settings, _jobs_fixtures.serve
 problem = _jobs_fixtures.problem
 
 ID, MOA, CONTROLS = "Metadata_broad_sample", "Metadata_moa", "Metadata_broad_sample=DMSO"

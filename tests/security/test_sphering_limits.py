@@ -15,8 +15,6 @@ from _profiles_data import synthetic_profiles
 
 from service.config import Limits
 
-_isolated_home = _jobs_fixtures._isolated_home
-models_dir, make_settings, serve = _jobs_fixtures.models_dir, _jobs_fixtures.make_settings, _jobs_fixtures.serve
 problem = _jobs_fixtures.problem
 CONTROLS = "Metadata_broad_sample=DMSO"
 

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import _jobs_fixtures
 import numpy as np
 import pytest
 from _profiles_data import synthetic_profiles
@@ -19,7 +18,6 @@ from cpcnn.schemas import ImageInfo, JobStatus
 from service.profile_store import ProfileStore, artifact_id
 from service.storage import JobSpec, JobState, JobStore
 
-_isolated_home = _jobs_fixtures._isolated_home
 JOB = "ab" * 16
 HOURS_AGO = time.time() - 2 * 3600
 
