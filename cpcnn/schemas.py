@@ -126,6 +126,11 @@ class CellsResult(BaseModel):
     n_cells: int
     feature_size: int
     locations: list[tuple[float, float]] = Field(description="[x, y] per cell, x = column, y = row")
+    object_numbers: list[int] | None = Field(
+        default=None,
+        description="per cell: the uploaded ObjectNumber, else its 1-based position in the locations "
+        "(Metadata_ObjectNumber in tables)",
+    )
     features: list[list[float]]
 
 

@@ -6,6 +6,7 @@ Layout, one folder per job id (a content hash, so the path is safe to build from
     jobs/<id>/state.json     JobState: where it is (rewritten atomically by the API and workers)
     jobs/<id>/image.npy      (H, W, C) pixels in model channel order; removed once the job succeeds
     jobs/<id>/centers.npy    (N, 2) float64 x, y; absent when nuclei are to be detected
+    jobs/<id>/objects.npy    (N,) int64 object numbers of the uploaded locations (result rows keep them)
     jobs/<id>/features.npy   (N, D) float32 result, rows in location order
     jobs/<id>/cells.npy      (N, 2) float64 centres of the result rows
 
@@ -28,6 +29,7 @@ from pydantic import BaseModel, Field
 
 from cpcnn._types import F32Array, F64Array
 from cpcnn.errors import NotFoundError
+from cpcnn.locations import Locations
 from cpcnn.schemas import ImageInfo, JobLinks, JobPublic, JobStatus, Problem
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -87,7 +89,7 @@ class JobStore:
     def exists(self, job_id: str) -> bool:
         return (self.folder(job_id) / "state.json").is_file()
 
-    def create(self, spec: JobSpec, image: np.ndarray, centers: F64Array | None) -> bool:
+    def create(self, spec: JobSpec, image: np.ndarray, cells: Locations | F64Array | None) -> bool:
         """Write a new job folder atomically; False if a job with this id already exists."""
         target = self.folder(spec.id)
         if target.exists():
@@ -95,8 +97,11 @@ class JobStore:
         staging = Path(tempfile.mkdtemp(prefix=f".{spec.id}-", dir=self.jobs_dir))
         try:
             np.save(staging / "image.npy", image, allow_pickle=False)
-            if centers is not None:
-                np.save(staging / "centers.npy", centers, allow_pickle=False)
+            if isinstance(cells, Locations):
+                np.save(staging / "centers.npy", cells.centers, allow_pickle=False)
+                np.save(staging / "objects.npy", cells.object_numbers, allow_pickle=False)
+            elif cells is not None:
+                np.save(staging / "centers.npy", cells, allow_pickle=False)
             (staging / "request.json").write_text(spec.model_dump_json())
             (staging / "state.json").write_text(JobState().model_dump_json())
             try:
@@ -163,12 +168,19 @@ class JobStore:
     def features_path(self, job_id: str) -> Path:
         return self.folder(job_id) / "features.npy"
 
-    def load_result(self, job_id: str) -> tuple[F32Array, F64Array]:
+    def load_result(self, job_id: str) -> tuple[F32Array, Locations]:
+        """Features and the cells they belong to: centres, and object numbers (uploaded ones, else
+        the 1-based row positions, e.g. for detected nuclei)."""
         folder = self.folder(job_id)
         try:
-            return np.load(folder / "features.npy"), np.load(folder / "cells.npy")
+            features, centers = np.load(folder / "features.npy"), np.load(folder / "cells.npy")
         except FileNotFoundError as exc:
             raise NotFoundError(f"job {job_id} has no result on disk") from exc
+        objects = folder / "objects.npy"
+        numbers = np.load(objects, allow_pickle=False) if objects.is_file() else None
+        if numbers is not None and len(numbers) != len(centers):
+            numbers = None  # cannot happen for uploaded locations; never mislabel cells if it did
+        return features, Locations.numbered(centers, numbers)
 
     def has_result(self, job_id: str) -> bool:
         return self.features_path(job_id).is_file()

@@ -60,7 +60,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path: Path) -> None:
         read_profiles(write_profiles(only_meta, tmp_path / "m.csv"))
     text = small_table().assign(Plate_Map="x")
     with pytest.raises(InputError, match="non-numeric feature columns: Plate_Map"):
-        read_profiles(write_profiles(text, tmp_path / "s.csv"))
+        read_profiles(write_profiles(text, tmp_path / "s.csv"), features=["f0", "Plate_Map"])
     a = write_profiles(small_table(), tmp_path / "a.parquet")
     b = write_profiles(small_table().rename(columns={"f3": "g3"}), tmp_path / "b.parquet")
     with pytest.raises(InputError, match="feature mismatch.*missing 1.*f3.*unexpected 1.*g3"):
@@ -85,7 +85,7 @@ def test_reads_deepprofiler_npz_with_pycytominer_names(tmp_path: Path) -> None:
     with np.load(NPZ_DIR / "SQ00014812_A01_5.npz", allow_pickle=False) as raw:
         np.testing.assert_array_equal(table[names].to_numpy()[:158], raw["features"])
         np.testing.assert_array_equal(
-            table["Metadata_Location_Center_X"].to_numpy()[:158], raw["locations"][:, 0]
+            table["Metadata_Nuclei_Location_Center_X"].to_numpy()[:158], raw["locations"][:, 0]
         )
 
 

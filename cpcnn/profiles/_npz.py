@@ -109,8 +109,8 @@ def read_site(path: Path, root: Path | None = None) -> pd.DataFrame:
         name = key if key.startswith(METADATA_PREFIX) else METADATA_PREFIX + key
         columns[name] = np.full(len(features), str(value), dtype=object)
     if locations is not None and locations.ndim == 2 and locations.shape == (len(features), 2):
-        columns["Metadata_Location_Center_X"] = locations[:, 0].astype(np.float64)
-        columns["Metadata_Location_Center_Y"] = locations[:, 1].astype(np.float64)
+        columns["Metadata_Nuclei_Location_Center_X"] = locations[:, 0].astype(np.float64)
+        columns["Metadata_Nuclei_Location_Center_Y"] = locations[:, 1].astype(np.float64)
     names = [f"{model}_{i}" for i in range(features.shape[1])]
     meta_frame = pd.DataFrame(columns, index=pd.RangeIndex(len(features)))
     return pd.concat([meta_frame, pd.DataFrame(features, columns=names)], axis=1)

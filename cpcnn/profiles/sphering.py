@@ -146,9 +146,10 @@ class Sphering:
             x = x / self.std
         return (x @ np.asarray(self.matrix, dtype=np.float64)).astype(np.float32)
 
-    def apply(self, table: pd.DataFrame) -> pd.DataFrame:
-        """Table with the same feature names -> copy with sphered float32 features (Metadata kept)."""
-        names = feature_columns(table)
+    def apply(self, table: pd.DataFrame, *, features: Sequence[str] | None = None) -> pd.DataFrame:
+        """Table whose features (``feature_columns(table, features)``) are this transform's -> copy with
+        sphered float32 features; every other column is kept as it is."""
+        names = feature_columns(table, features)
         check_same_features(names, self.features, what="the sphering transform")
         out = table.drop(columns=names)
         sphered = pd.DataFrame(

@@ -1,13 +1,19 @@
 """Profile tables: ``Metadata_*`` columns plus numeric feature columns, read from and written to disk.
 
 A profile table is a pandas DataFrame. Columns named ``Metadata_*`` describe a row (plate, well,
-treatment, annotations); every other column is a feature unless an explicit feature list is given.
-Features are float32. Readers accept CSV (``.csv``, ``.csv.gz``), Parquet (``.parquet``, ``.pq``) and
-DeepProfiler output folders (``*.npz`` below a folder, or a single ``.npz``).
+treatment, annotations, cell coordinates). ``feature_columns`` is the one rule that says which
+columns are features: an explicit selection (names and/or glob patterns such as ``efficientnet_*``),
+or by default every numeric column that is not metadata. Cell coordinate and object-number columns
+without the prefix (``Nuclei_Location_Center_X/Y``, ``Location_Center_X/Y``, ``ObjectNumber``, as
+written by cpcnn before 0.2 and by CellProfiler) are metadata too: a coordinate must never enter a
+profile. Features are float32. Readers accept CSV (``.csv``, ``.csv.gz``), Parquet (``.parquet``,
+``.pq``) and DeepProfiler output folders (``*.npz`` below a folder, or a single ``.npz``).
 """
 
 from __future__ import annotations
 
+import fnmatch
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
@@ -21,7 +27,20 @@ from cpcnn._types import F32Array
 from cpcnn.errors import InputError
 from cpcnn.profiles import _npz
 
+logger = logging.getLogger(__name__)
+
 METADATA_PREFIX = "Metadata_"
+#: Unprefixed columns that describe a cell, not its phenotype: read as metadata (with a warning).
+LEGACY_METADATA: tuple[str, ...] = (
+    "Nuclei_Location_Center_X",
+    "Nuclei_Location_Center_Y",
+    "Location_Center_X",
+    "Location_Center_Y",
+    "ObjectNumber",
+)
+#: A feature selection: None (the default rule), names and glob patterns, or one comma-separated string.
+FeatureSelection = str | Sequence[str] | None
+_GLOB_CHARS = frozenset("*?[")
 #: Number of single cells behind an aggregated row.
 COUNT_CELLS = "Metadata_Count_Cells"
 #: Number of input rows (cells, sites, wells) averaged into an aggregated row.
@@ -61,13 +80,22 @@ def _as_paths(paths: PathLike | Sequence[PathLike]) -> list[Path]:
     return [_existing(p) for p in items]
 
 
+def is_metadata(name: str) -> bool:
+    """True for columns that describe a row: ``Metadata_*`` and the unprefixed ``LEGACY_METADATA``."""
+    return name.startswith(METADATA_PREFIX) or name in LEGACY_METADATA
+
+
 def metadata_columns(table: pd.DataFrame) -> list[str]:
-    """Names of the ``Metadata_*`` columns, in table order."""
-    return [str(c) for c in table.columns if str(c).startswith(METADATA_PREFIX)]
+    """Names of the metadata columns (``is_metadata``), in table order."""
+    return [str(c) for c in table.columns if is_metadata(str(c))]
+
+
+def _is_numeric(column: pd.Series) -> bool:
+    return bool(pd.api.types.is_numeric_dtype(column)) and column.dtype != bool
 
 
 def _check_numeric(table: pd.DataFrame, names: Sequence[str]) -> None:
-    bad = [n for n in names if not pd.api.types.is_numeric_dtype(table[n]) or table[n].dtype == bool]
+    bad = [n for n in names if not _is_numeric(table[n])]
     if bad:
         shown = ", ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
         raise InputError(
@@ -76,19 +104,89 @@ def _check_numeric(table: pd.DataFrame, names: Sequence[str]) -> None:
         )
 
 
-def feature_columns(table: pd.DataFrame, features: Sequence[str] | None = None) -> list[str]:
-    """The feature column names: ``features`` if given (checked), else every non-``Metadata_*`` column."""
+def parse_feature_selection(features: FeatureSelection) -> list[str] | None:
+    """None, a comma-separated string or a sequence of names/globs -> a list of names/globs (or None)."""
     if features is None:
-        names = [str(c) for c in table.columns if not str(c).startswith(METADATA_PREFIX)]
-    else:
-        names = list(features)
-        missing = [n for n in names if n not in table.columns]
-        if missing:
-            raise InputError(f"feature columns not in the table: {', '.join(missing[:5])}")
+        return None
+    items = features.split(",") if isinstance(features, str) else [str(f) for f in features]
+    names = [item.strip() for item in items if item.strip()]
     if not names:
-        raise InputError("the table has no feature columns (every column is Metadata_*)")
+        raise InputError("the feature selection is empty: name feature columns or patterns such as efficientnet_*")
+    return names
+
+
+def _expand(columns: Sequence[str], selection: Sequence[str]) -> list[str]:
+    """Names and globs -> column names, in selection order (a glob's matches in table order), no repeats.
+
+    A name present in the table is taken literally; otherwise an item holding ``*``, ``?`` or ``[`` is
+    a pattern over the non-metadata columns and must match at least one.
+    """
+    present = set(columns)
+    chosen: dict[str, None] = {}
+    missing: list[str] = []
+    for item in selection:
+        if item in present:
+            chosen.setdefault(item, None)
+        elif _GLOB_CHARS.intersection(item):
+            matches = [c for c in columns if not is_metadata(c) and fnmatch.fnmatchcase(c, item)]
+            if not matches:
+                missing.append(item)
+            chosen.update(dict.fromkeys(matches))
+        else:
+            missing.append(item)
+    if missing:
+        raise InputError(f"feature columns not in the table: {', '.join(missing[:5])}")
+    named_meta = [n for n in chosen if n.startswith(METADATA_PREFIX)]
+    if named_meta:
+        raise InputError(
+            f"{METADATA_PREFIX}* columns describe rows and cannot be features ({', '.join(named_meta[:3])})"
+        )
+    return list(chosen)
+
+
+def feature_columns(table: pd.DataFrame, features: FeatureSelection = None) -> list[str]:
+    """The feature column names: the ``features`` selection if given (names and globs, checked numeric),
+    else every numeric column that is not metadata (``is_metadata``), in table order."""
+    selection = parse_feature_selection(features)
+    columns = [str(c) for c in table.columns]
+    if selection is None:
+        names = [c for c, n in zip(columns, table.columns, strict=True) if not is_metadata(c) and _is_numeric(table[n])]
+    else:
+        names = _expand(columns, selection)
+    if not names:
+        raise InputError("the table has no feature columns (no numeric column outside Metadata_*)")
     _check_numeric(table, names)
     return names
+
+
+def ignored_columns(table: pd.DataFrame, features: FeatureSelection = None) -> tuple[list[str], list[str]]:
+    """(unprefixed metadata columns present, non-numeric non-metadata columns left out by the default rule).
+
+    What a reader warns about, once per read: both are columns a user may have meant otherwise.
+    """
+    legacy = [str(c) for c in table.columns if str(c) in LEGACY_METADATA]
+    if features is not None:
+        return legacy, []
+    skipped = [str(c) for c in table.columns if not is_metadata(str(c)) and not _is_numeric(table[c])]
+    return legacy, skipped
+
+
+def warn_ignored_columns(legacy: Sequence[str], skipped: Sequence[str], *, source: str) -> None:
+    """Log one warning naming unprefixed coordinate columns read as metadata and skipped text columns."""
+    if legacy:
+        logger.warning(
+            "%s: reading %s as metadata, not features (cell coordinates and object numbers; cpcnn now "
+            "writes them as Metadata_Nuclei_Location_Center_X/Y and Metadata_ObjectNumber)",
+            source,
+            ", ".join(dict.fromkeys(legacy)),
+        )
+    if skipped:
+        shown = list(dict.fromkeys(skipped))
+        logger.warning(
+            "%s: non-numeric columns %s are neither Metadata_* nor features and are not used as features",
+            source,
+            ", ".join(shown[:5]) + (f" (+{len(shown) - 5} more)" if len(shown) > 5 else ""),
+        )
 
 
 def check_same_features(found: Sequence[str], expected: Sequence[str], *, what: str) -> None:
@@ -130,23 +228,29 @@ def _read_one(path: Path) -> pd.DataFrame:
     return pd.concat(list(_npz.iter_sites(path)), ignore_index=True)
 
 
-def read_profiles(
-    paths: PathLike | Sequence[PathLike], *, features: Sequence[str] | None = None
-) -> pd.DataFrame:
-    """Read one or more profile tables into one DataFrame with float32 features.
+def read_profiles(paths: PathLike | Sequence[PathLike], *, features: FeatureSelection = None) -> pd.DataFrame:
+    """Read one or more profile tables into one DataFrame with float32 features (``feature_columns``).
 
     Several inputs must share the same feature names (their order follows the first input);
-    ``Metadata_*`` columns are unioned (missing values are NaN).
+    metadata columns are unioned (missing values are NaN). Unprefixed coordinate columns and skipped
+    text columns are named in one warning per read.
     """
     tables: list[pd.DataFrame] = []
-    for path in _as_paths(paths):
+    legacy: list[str] = []
+    skipped: list[str] = []
+    inputs = _as_paths(paths)
+    for path in inputs:
         table = _read_one(path)
         names = feature_columns(table, features)
         if tables:
             check_same_features(
                 names, feature_columns(tables[0], features), what=f"the first input (reading {path})"
             )
+        found = ignored_columns(table, features)
+        legacy += found[0]
+        skipped += found[1]
         tables.append(_with_float32_features(table, names))
+    warn_ignored_columns(legacy, skipped, source=str(inputs[0]) + (f" (+{len(inputs) - 1})" if len(inputs) > 1 else ""))
     if len(tables) == 1:
         return tables[0]
     merged = pd.concat(tables, ignore_index=True)
@@ -179,6 +283,19 @@ def table_columns(path: PathLike) -> list[str]:
         return [str(c) for c in pd.read_csv(path, nrows=0).columns]
     first = path if path.is_file() else _npz.npz_files(path)[0]
     return [str(c) for c in _npz.read_site(first, path if path.is_dir() else first.parent).columns]
+
+
+def table_head(path: PathLike, *, rows: int = 1000) -> pd.DataFrame:
+    """The first rows of a profile source (none for Parquet: its schema has the types), enough to apply
+    ``feature_columns`` to a file without reading it (npz folders: the first site)."""
+    path = _existing(path)
+    fmt = table_format(path)
+    if fmt == "parquet":
+        return pq.read_schema(path).empty_table().to_pandas()
+    if fmt == "csv":
+        return pd.read_csv(path, nrows=rows)
+    first = path if path.is_file() else _npz.npz_files(path)[0]
+    return _npz.read_site(first, path if path.is_dir() else first.parent)
 
 
 def _parquet_batches(

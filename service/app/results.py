@@ -1,4 +1,5 @@
-"""Result encodings: content negotiation and the Parquet table (the same columns as ``cpcnn embed``)."""
+"""Result encodings: content negotiation and the Parquet table (the same columns as ``cpcnn embed``:
+``Metadata_*`` including the cell's object number and centre, then the features)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import io
 
 from fastapi import HTTPException
 
-from cpcnn._types import F32Array, F64Array
+from cpcnn._types import F32Array
 from cpcnn.io.cells import cells_table
+from cpcnn.locations import Locations
 from cpcnn.schemas import MEDIA_JSON, MEDIA_NPY, MEDIA_PARQUET, JobPublic
 
 #: Accept values -> the media type served.
@@ -49,10 +51,10 @@ def negotiate(accept: str | None) -> str:
     return min(offers)[2]
 
 
-def parquet_bytes(features: F32Array, centers: F64Array, job: JobPublic, feature_prefix: str) -> bytes:
+def parquet_bytes(features: F32Array, cells: Locations, job: JobPublic, feature_prefix: str) -> bytes:
     import pyarrow.parquet as pq
 
-    table = cells_table(features, centers, metadata=job.metadata, model_name=job.model, feature_prefix=feature_prefix)
+    table = cells_table(features, cells, metadata=job.metadata, model_name=job.model, feature_prefix=feature_prefix)
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     return buffer.getvalue()

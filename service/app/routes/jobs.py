@@ -143,15 +143,16 @@ async def get_result(
     if media == MEDIA_NPY:
         return FileResponse(service.jobs.features_path(job_id), media_type=MEDIA_NPY,
                             filename=f"{job_id}-features.npy")
-    features, centers = await run_in_threadpool(service.jobs.load_result, job_id)
+    features, cells = await run_in_threadpool(service.jobs.load_result, job_id)
     if media == MEDIA_PARQUET:
-        body = await run_in_threadpool(parquet_bytes, features, centers, job, manifest_prefix)
+        body = await run_in_threadpool(parquet_bytes, features, cells, job, manifest_prefix)
         return Response(body, media_type=MEDIA_PARQUET,
                         headers={"Content-Disposition": f'attachment; filename="{job_id}-cells.parquet"'})
     result = CellsResult(
         job_id=job_id, model=job.model, feature_prefix=manifest_prefix, metadata=job.metadata,
         n_cells=int(features.shape[0]), feature_size=int(features.shape[1]),
-        locations=[(float(x), float(y)) for x, y in centers], features=features.tolist(),
+        locations=[(float(x), float(y)) for x, y in cells.centers],
+        object_numbers=cells.object_numbers.tolist(), features=features.tolist(),
     )
     return Response(result.model_dump_json(), media_type=MEDIA_JSON)
 
@@ -201,8 +202,8 @@ async def _create(service: ServiceState, sub: Submission, job_id: str, manifest:
             f"{depth} jobs are waiting, at the limit of {settings.queue.max_depth}; retry later",
             retry_after_s=settings.queue.retry_after_s,
         )
-    spec, pixels, centers = await run_in_threadpool(prepare, sub, job_id, manifest, settings.limits)
-    if not await run_in_threadpool(service.jobs.create, spec, pixels, centers):
+    spec, pixels, cells = await run_in_threadpool(prepare, sub, job_id, manifest, settings.limits)
+    if not await run_in_threadpool(service.jobs.create, spec, pixels, cells):
         return  # an identical request created it a moment ago
     try:
         await run_in_threadpool(service.queue.enqueue, job_id, model=sub.model)
