@@ -162,6 +162,14 @@ class Readiness(BaseModel):
 # -- profiles: tables, sphering transforms, reference libraries, evaluation ------------------------
 
 _ID = "content hash of what made it (32 hex digits): the same request gives the same id"
+_FEATURES = (
+    "feature columns of the table to use: names and/or glob patterns such as efficientnet_*; "
+    "default: every numeric column not named Metadata_* (cell coordinates are never features)"
+)
+
+
+def _features_field() -> Any:
+    return Field(default=None, min_length=1, description=_FEATURES, examples=[["efficientnet_*"]])
 
 
 class TablePublic(BaseModel):
@@ -191,6 +199,7 @@ class TransformCreate(BaseModel):
     controls: str = Field(description="control rows as COLUMN=VALUE", examples=["Metadata_broad_sample=DMSO"])
     lam: float = Field(alias="lambda", gt=0, allow_inf_nan=False, description="absolute, added to eigenvalues")
     method: Literal["zca", "zca-cor"] = Field(default="zca", description="ZCA on covariance or correlation")
+    features: list[str] | None = _features_field()
 
 
 class TransformPublic(BaseModel):
@@ -224,6 +233,7 @@ class TableRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     table_id: str
+    features: list[str] | None = _features_field()
 
 
 class LibraryCreate(BaseModel):
@@ -234,6 +244,7 @@ class LibraryCreate(BaseModel):
     table_id: str
     id_column: str = Field(examples=["Metadata_broad_sample"])
     annotations: list[str] = Field(default_factory=list, description="columns returned with every match")
+    features: list[str] | None = _features_field()
 
 
 class LibraryPublic(BaseModel):
@@ -273,11 +284,14 @@ class MatchRequest(BaseModel):
     id_column: str | None = Field(default=None, description="query id column of the table (default: the library's)")
     top_k: int = Field(default=10, ge=1, le=1000)
     leave_one_out: bool = Field(default=False, description="never return the library row with the query's own id")
+    features: list[str] | None = _features_field()
 
     @model_validator(mode="after")
     def _one_source(self) -> MatchRequest:
         if (self.table_id is None) == (self.profiles is None):
             raise ValueError("send exactly one of table_id and profiles")
+        if self.features is not None and self.profiles is not None:
+            raise ValueError("features selects columns of a table_id; inline profiles are in the library's order")
         return self
 
 
@@ -307,6 +321,7 @@ class EvaluateRequest(BaseModel):
     id_column: str = Field(examples=["Metadata_broad_sample"])
     annotation: str = Field(examples=["Metadata_moa"])
     separator: str | None = Field(default="|", description="multi-value separator; null for none")
+    features: list[str] | None = _features_field()
 
 
 class PrecisionAtRecall(BaseModel):

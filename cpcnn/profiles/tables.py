@@ -105,11 +105,11 @@ def _check_numeric(table: pd.DataFrame, names: Sequence[str]) -> None:
 
 
 def parse_feature_selection(features: FeatureSelection) -> list[str] | None:
-    """None, a comma-separated string or a sequence of names/globs -> a list of names/globs (or None)."""
+    """None, or names/globs as a sequence and/or comma-separated strings -> a list of names/globs (or None)."""
     if features is None:
         return None
-    items = features.split(",") if isinstance(features, str) else [str(f) for f in features]
-    names = [item.strip() for item in items if item.strip()]
+    items = [features] if isinstance(features, str) else [str(f) for f in features]
+    names = [name.strip() for item in items for name in item.split(",") if name.strip()]
     if not names:
         raise InputError("the feature selection is empty: name feature columns or patterns such as efficientnet_*")
     return names

@@ -21,7 +21,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cpcnn.errors import InputError, PayloadTooLarge, UnsupportedMedia
-from cpcnn.profiles.tables import METADATA_PREFIX, feature_columns, feature_matrix, metadata_columns
+from cpcnn.profiles.tables import (
+    METADATA_PREFIX,
+    feature_columns,
+    feature_matrix,
+    ignored_columns,
+    metadata_columns,
+    warn_ignored_columns,
+)
 from service.config import Limits
 from service.profile_store import artifact_id
 
@@ -68,7 +75,8 @@ def decode_table(data: bytes, filename: str, features: Sequence[str] | None, lim
 
 
 def profile_table(table: pd.DataFrame, features: Sequence[str] | None, *, what: str) -> pd.DataFrame:
-    """Keep Metadata_* and the features (float32, finite or NaN); other columns are dropped."""
+    """Keep the metadata columns (``Metadata_*`` and unprefixed coordinates) and the features (float32,
+    finite or NaN, chosen by ``feature_columns``); other columns are dropped."""
     columns = [str(c) for c in table.columns]
     duplicated = sorted({c for c in columns if columns.count(c) > 1})
     if duplicated:
@@ -89,6 +97,7 @@ def profile_table(table: pd.DataFrame, features: Sequence[str] | None, *, what: 
         names = feature_columns(table, features)
     except InputError as exc:
         raise InputError(f"{what}: {exc}") from exc
+    warn_ignored_columns(*ignored_columns(table, features), source=what)
     values = feature_matrix(table, names)
     infinite = np.flatnonzero(np.isinf(values).any(axis=0))
     if len(infinite):

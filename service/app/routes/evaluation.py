@@ -42,7 +42,9 @@ def _evaluate(service: ServiceState, body: EvaluateRequest) -> Evaluation:
             f"{n_treatments} treatments is over the limit of {MAX_TREATMENTS} for the API; "
             "use 'cpcnn evaluate' for larger tables"
         )
-    result = evaluate_retrieval(table, id_col=body.id_column, annotation=body.annotation, sep=body.separator)
+    result = evaluate_retrieval(
+        table, id_col=body.id_column, annotation=body.annotation, sep=body.separator, features=body.features
+    )
     if result.n_queries == 0:
         raise InputError(f"nothing to evaluate: {result.message}")
     return Evaluation.model_validate({**result.to_dict(), "table_id": body.table_id})

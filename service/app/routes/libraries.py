@@ -30,7 +30,7 @@ from cpcnn.schemas import (
 )
 from service.app.deps import ApiKeyDep, ServiceDep, ServiceState
 from service.app.problems import problem_responses
-from service.profile_store import artifact_id
+from service.profile_store import artifact_id, selection_key
 
 router = APIRouter(prefix="/libraries", tags=["libraries"], dependencies=[ApiKeyDep])
 
@@ -54,7 +54,9 @@ async def create_library(body: LibraryCreate, response: Response, service: Servi
 def _build(service: ServiceState, body: LibraryCreate) -> LibraryPublic:
     store = service.profiles
     source = store.table_public(body.table_id)
-    library_id = artifact_id("library", body.table_id, body.id_column, json.dumps(body.annotations))
+    library_id = artifact_id(
+        "library", body.table_id, body.id_column, json.dumps(body.annotations), *selection_key(body.features)
+    )
     if store.has_library(library_id):
         return store.library_public(library_id)
     features = [c for c in (body.id_column, *body.annotations) if c in set(source.feature_names)]
@@ -63,7 +65,7 @@ def _build(service: ServiceState, body: LibraryCreate) -> LibraryPublic:
             f"{', '.join(features)} is a feature column; ids and annotations must be Metadata_* columns"
         )
     library = Library.from_profiles(
-        store.read_table(body.table_id), id_col=body.id_column, annotations=body.annotations
+        store.read_table(body.table_id), id_col=body.id_column, annotations=body.annotations, features=body.features
     )
     if len(library) == 0:
         raise InputError(f"no rows of table {body.table_id} have a {body.id_column} value")
@@ -120,7 +122,9 @@ def _match(service: ServiceState, library_id: str, body: MatchRequest) -> str:
             f"{len(queries)} queries x top {body.top_k} is {rows} matches, over the limit of {limit}; "
             "send fewer queries per request"
         )
-    frame = library.match(queries, k=body.top_k, id_col=id_col, leave_one_out=body.leave_one_out)
+    frame = library.match(
+        queries, k=body.top_k, id_col=id_col, leave_one_out=body.leave_one_out, features=body.features
+    )
     result = MatchResult.model_validate(
         {
             "library": library_id,
