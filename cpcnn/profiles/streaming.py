@@ -50,7 +50,7 @@ from cpcnn.profiles.tables import (
     feature_columns,
     ignored_columns,
     iter_feature_batches,
-    table_head,
+    table_kinds,
     warn_ignored_columns,
 )
 
@@ -119,17 +119,17 @@ class _Groups:
 
 
 def _plan(paths: Sequence[Path], by: Sequence[str], features: FeatureSelection) -> tuple[list[str], bool]:
-    """Feature names (``feature_columns`` on each input's head, checked equal across inputs) and
+    """Feature names (``feature_columns`` on each input's column kinds, checked equal across inputs) and
     whether the inputs carry a cell count column; warns once about columns read as metadata."""
     expected: list[str] | None = None
     has_counts = True
     legacy: list[str] = []
     skipped: list[str] = []
     for path in paths:
-        head = table_head(path)
-        columns = [str(c) for c in head.columns]
+        kinds = table_kinds(path)
+        columns = list(kinds)
         try:
-            names = feature_columns(head, features)
+            names = feature_columns(kinds, features)
         except InputError as exc:
             raise InputError(f"{path}: {exc}") from exc
         if expected is None:
@@ -137,7 +137,7 @@ def _plan(paths: Sequence[Path], by: Sequence[str], features: FeatureSelection) 
         else:
             check_same_features(names, expected, what=f"the first input (reading {path})")
         check_by(columns, by, names)
-        found = ignored_columns(head, features)
+        found = ignored_columns(kinds, features)
         legacy += found[0]
         skipped += found[1]
         has_counts = has_counts and COUNT_CELLS in columns and COUNT_CELLS not in by

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -90,12 +90,30 @@ def metadata_columns(table: pd.DataFrame) -> list[str]:
     return [str(c) for c in table.columns if is_metadata(str(c))]
 
 
-def _is_numeric(column: pd.Series) -> bool:
-    return bool(pd.api.types.is_numeric_dtype(column)) and column.dtype != bool
+def _is_numeric(dtype: object) -> bool:
+    return bool(pd.api.types.is_numeric_dtype(dtype)) and not pd.api.types.is_bool_dtype(dtype)
 
 
-def _check_numeric(table: pd.DataFrame, names: Sequence[str]) -> None:
-    bad = [n for n in names if not _is_numeric(table[n])]
+def column_kinds(table: pd.DataFrame | Mapping[str, bool]) -> dict[str, bool]:
+    """Column name -> numeric (not bool), in table order: all the feature rule needs to know.
+
+    A mapping is taken as already made (``table_kinds`` makes one for a file without reading it).
+    One pass over the dtypes, each distinct dtype checked once: per-column access is slow.
+    """
+    if not isinstance(table, pd.DataFrame):
+        return {str(name): bool(numeric) for name, numeric in table.items()}
+    seen: dict[object, bool] = {}
+    numeric: dict[str, bool] = {}
+    for column, dtype in zip(table.columns.tolist(), table.dtypes.tolist(), strict=True):
+        if dtype not in seen:
+            seen[dtype] = _is_numeric(dtype)
+        numeric[str(column)] = seen[dtype]
+    return numeric
+
+
+def _check_numeric(table: pd.DataFrame | Mapping[str, bool], names: Sequence[str]) -> None:
+    numeric = column_kinds(table)
+    bad = [n for n in names if not numeric.get(n, False)]
     if bad:
         shown = ", ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
         raise InputError(
@@ -144,31 +162,43 @@ def _expand(columns: Sequence[str], selection: Sequence[str]) -> list[str]:
     return list(chosen)
 
 
-def feature_columns(table: pd.DataFrame, features: FeatureSelection = None) -> list[str]:
+def feature_columns(table: pd.DataFrame | Mapping[str, bool], features: FeatureSelection = None) -> list[str]:
     """The feature column names: the ``features`` selection if given (names and globs, checked numeric),
-    else every numeric column that is not metadata (``is_metadata``), in table order."""
+    else every numeric column that is not metadata (``is_metadata``), in table order.
+
+    ``table`` is a DataFrame or its ``column_kinds``. This is the one place that decides what a feature is.
+    """
+    kinds = column_kinds(table)
     selection = parse_feature_selection(features)
-    columns = [str(c) for c in table.columns]
     if selection is None:
-        names = [c for c, n in zip(columns, table.columns, strict=True) if not is_metadata(c) and _is_numeric(table[n])]
+        names = [c for c, numeric in kinds.items() if numeric and not is_metadata(c)]
     else:
-        names = _expand(columns, selection)
+        names = _expand(list(kinds), selection)
     if not names:
         raise InputError("the table has no feature columns (no numeric column outside Metadata_*)")
-    _check_numeric(table, names)
+    _check_numeric(kinds, names)
     return names
 
 
-def ignored_columns(table: pd.DataFrame, features: FeatureSelection = None) -> tuple[list[str], list[str]]:
+def unselected_features(table: pd.DataFrame | Mapping[str, bool], names: Sequence[str]) -> list[str]:
+    """Numeric non-metadata columns outside ``names``: a table derived from a feature selection drops
+    them, so that its default features are exactly the selection."""
+    chosen = set(names)
+    return [c for c, numeric in column_kinds(table).items() if numeric and c not in chosen and not is_metadata(c)]
+
+
+def ignored_columns(
+    table: pd.DataFrame | Mapping[str, bool], features: FeatureSelection = None
+) -> tuple[list[str], list[str]]:
     """(unprefixed metadata columns present, non-numeric non-metadata columns left out by the default rule).
 
     What a reader warns about, once per read: both are columns a user may have meant otherwise.
     """
-    legacy = [str(c) for c in table.columns if str(c) in LEGACY_METADATA]
+    kinds = column_kinds(table)
+    legacy = [c for c in kinds if c in LEGACY_METADATA]
     if features is not None:
         return legacy, []
-    skipped = [str(c) for c in table.columns if not is_metadata(str(c)) and not _is_numeric(table[c])]
-    return legacy, skipped
+    return legacy, [c for c, numeric in kinds.items() if not numeric and not is_metadata(c)]
 
 
 def warn_ignored_columns(legacy: Sequence[str], skipped: Sequence[str], *, source: str) -> None:
@@ -191,8 +221,9 @@ def warn_ignored_columns(legacy: Sequence[str], skipped: Sequence[str], *, sourc
 
 def check_same_features(found: Sequence[str], expected: Sequence[str], *, what: str) -> None:
     """Raise InputError naming missing and unexpected features unless both lists hold the same names."""
-    missing = [n for n in expected if n not in set(found)]
-    extra = [n for n in found if n not in set(expected)]
+    found_set, expected_set = set(found), set(expected)
+    missing = [n for n in expected if n not in found_set]
+    extra = [n for n in found if n not in expected_set]
     if missing or extra:
         parts = []
         if missing:
@@ -273,29 +304,22 @@ def write_profiles(table: pd.DataFrame, path: PathLike) -> Path:
     return path
 
 
-def table_columns(path: PathLike) -> list[str]:
-    """Column names of a profile source without reading its rows (first file for npz folders)."""
+def table_kinds(path: PathLike, *, sample_rows: int = 1000) -> dict[str, bool]:
+    """``column_kinds`` of a profile source without reading it: Parquet from its schema, CSV from its
+    first ``sample_rows`` rows, npz folders from the first site."""
     path = _existing(path)
     fmt = table_format(path)
     if fmt == "parquet":
-        return list(pq.read_schema(path).names)
+        schema = pq.read_schema(path)
+        return {
+            field.name: (pa.types.is_integer(field.type) or pa.types.is_floating(field.type)
+                         or pa.types.is_decimal(field.type))
+            for field in schema
+        }
     if fmt == "csv":
-        return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+        return column_kinds(pd.read_csv(path, nrows=sample_rows))
     first = path if path.is_file() else _npz.npz_files(path)[0]
-    return [str(c) for c in _npz.read_site(first, path if path.is_dir() else first.parent).columns]
-
-
-def table_head(path: PathLike, *, rows: int = 1000) -> pd.DataFrame:
-    """The first rows of a profile source (none for Parquet: its schema has the types), enough to apply
-    ``feature_columns`` to a file without reading it (npz folders: the first site)."""
-    path = _existing(path)
-    fmt = table_format(path)
-    if fmt == "parquet":
-        return pq.read_schema(path).empty_table().to_pandas()
-    if fmt == "csv":
-        return pd.read_csv(path, nrows=rows)
-    first = path if path.is_file() else _npz.npz_files(path)[0]
-    return _npz.read_site(first, path if path.is_dir() else first.parent)
+    return column_kinds(_npz.read_site(first, path if path.is_dir() else first.parent))
 
 
 def _parquet_batches(

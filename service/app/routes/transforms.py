@@ -14,7 +14,7 @@ from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
 from cpcnn.errors import NotFoundError
-from cpcnn.profiles import ControlSelector, fit_sphering, metadata_columns
+from cpcnn.profiles import ControlSelector, fit_sphering
 from cpcnn.schemas import TablePublic, TableRef, TransformCreate, TransformList, TransformPublic
 from service.app.deps import ApiKeyDep, ServiceDep, ServiceState
 from service.app.problems import problem_responses
@@ -106,8 +106,6 @@ def _apply(service: ServiceState, transform_id: str, table_id: str, features: li
     if store.has_table(sphered_id):
         return store.table_public(sphered_id)
     sphered = sphering.apply(store.read_table(table_id), features=features)
-    # A stored table is metadata plus features: columns outside the selection are not kept.
-    sphered = sphered.loc[:, [*metadata_columns(sphered), *sphering.features]]
     return store.put_table(
         sphered,
         sphered_id,
