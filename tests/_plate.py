@@ -20,6 +20,7 @@ from _tiny_model import FEATURE_SIZE, save_tiny_model
 
 from cpcnn._types import CHANNELS
 from cpcnn.cli.main import main
+from cpcnn.profiles import read_profiles, write_profiles
 
 #: treatment -> (MoA or None for controls, {channel: sigma}); unlisted channels use sigma 4.
 TREATMENTS: dict[str, tuple[str | None, dict[str, float]]] = {
@@ -34,6 +35,9 @@ WELLS_PER_COMPOUND = 2
 SITES = (1, 2)
 SIZE = 200
 FEATURES = [f"efficientnet_{i}" for i in range(FEATURE_SIZE)]
+SITE_BY = "Metadata_Plate,Metadata_Well,Metadata_Site"
+WELL_BY = "Metadata_Plate,Metadata_Well"
+CONTROLS = "Metadata_broad_sample=DMSO"
 CELL_METADATA = [
     "Metadata_Plate",
     "Metadata_Well",
@@ -111,3 +115,27 @@ def build_plate(root: Path) -> Plate:
         columns=["Metadata_Well", "Metadata_broad_sample", "Metadata_moa"],
     )
     return Plate(root=root, cells=cells, platemap=platemap, locations=locations)
+
+
+def cpcnn(*argv: object) -> None:
+    """Run one ``cpcnn`` command in-process; it must succeed."""
+    assert main([str(a) for a in argv]) == 0
+
+
+def run_chain(plate: Plate) -> dict[str, Path]:
+    """Every step's output, each made by the CLI from the previous one: site medians, well means, the
+    plate map joined, a sphering fit on the DMSO wells and its application, and both evaluations."""
+    root = plate.root
+    out = {name: root / f"{name}.parquet" for name in ("sites", "wells", "annotated", "sphered")}
+    cpcnn("aggregate", *plate.cells, "--by", SITE_BY, "--op", "median", "--out", out["sites"])
+    cpcnn("aggregate", out["sites"], "--by", WELL_BY, "--op", "mean", "--out", out["wells"])
+    annotated = read_profiles(out["wells"]).merge(plate.platemap, on="Metadata_Well")  # the plate map join
+    write_profiles(annotated, out["annotated"])
+    out["transform"] = root / "sphering.npz"
+    cpcnn("sphering", "fit", out["annotated"], "--controls", CONTROLS, "--lambda", "1e-2", "--out", out["transform"])
+    cpcnn("sphering", "apply", out["transform"], out["annotated"], "--out", out["sphered"])
+    for name in ("annotated", "sphered"):
+        out[f"metrics_{name}"] = root / f"metrics_{name}.json"
+        cpcnn("evaluate", out[name], "--id", "Metadata_broad_sample", "--annotation", "Metadata_moa",
+              "--out", out[f"metrics_{name}"])
+    return out

@@ -12,45 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from _plate import CELL_METADATA, FEATURES, SITES, Plate, build_plate, wells
+from _plate import CELL_METADATA, CONTROLS, FEATURES, SITE_BY, SITES, WELL_BY, Plate, cpcnn, wells
 
 from cpcnn.cli.main import main
 from cpcnn.profiles import Library, Sphering, feature_columns, read_profiles, write_profiles
 
 pytestmark = pytest.mark.slow
-
-SITE_BY = "Metadata_Plate,Metadata_Well,Metadata_Site"
-WELL_BY = "Metadata_Plate,Metadata_Well"
-CONTROLS = "Metadata_broad_sample=DMSO"
-
-
-def cpcnn(*argv: object) -> None:
-    assert main([str(a) for a in argv]) == 0
-
-
-@pytest.fixture(scope="module")
-def plate(tmp_path_factory: pytest.TempPathFactory) -> Plate:
-    return build_plate(tmp_path_factory.mktemp("plate"))
-
-
-@pytest.fixture(scope="module")
-def chain(plate: Plate) -> dict[str, Path]:
-    """Every step's output, each made by the CLI from the previous one."""
-    root = plate.root
-    out = {name: root / f"{name}.parquet" for name in ("sites", "wells", "annotated", "sphered")}
-    cpcnn("aggregate", *plate.cells, "--by", SITE_BY, "--op", "median", "--out", out["sites"])
-    cpcnn("aggregate", out["sites"], "--by", WELL_BY, "--op", "mean", "--out", out["wells"])
-    annotated = read_profiles(out["wells"]).merge(plate.platemap, on="Metadata_Well")  # the plate map join
-    write_profiles(annotated, out["annotated"])
-    out["transform"] = root / "sphering.npz"
-    cpcnn("sphering", "fit", out["annotated"], "--controls", CONTROLS, "--lambda", "1e-2", "--out", out["transform"])
-    cpcnn("sphering", "apply", out["transform"], out["annotated"], "--out", out["sphered"])
-    for name in ("annotated", "sphered"):
-        out[f"metrics_{name}"] = root / f"metrics_{name}.json"
-        cpcnn("evaluate", out[name], "--id", "Metadata_broad_sample", "--annotation", "Metadata_moa",
-              "--out", out[f"metrics_{name}"])
-    return out
-
 
 def _features_of(path: Path) -> list[str]:
     table = pd.read_parquet(path)
