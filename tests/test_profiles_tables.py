@@ -114,3 +114,47 @@ def test_npz_metadata_unpickler_refuses_arbitrary_globals(tmp_path: Path) -> Non
         zf.writestr("features.npy", buf.getvalue())
     with pytest.raises(InputError, match="refusing to load global builtins.print"):
         read_site_metadata(path)
+
+
+def test_feature_selection_by_names_and_globs() -> None:
+    table = small_table().assign(g0=1.0, label="x")
+    assert feature_columns(table) == ["f0", "f1", "f2", "f3", "g0"]  # numeric, not Metadata_*, not text
+    assert feature_columns(table, "f*") == ["f0", "f1", "f2", "f3"]
+    assert feature_columns(table, ["f[2-3]", "g0", "f2"]) == ["f2", "f3", "g0"]  # selection order, no repeats
+    assert feature_columns(table, "f3, f0") == ["f3", "f0"]
+    assert feature_columns(table, ["f3,f1"]) == ["f3", "f1"]
+    assert feature_columns(table.drop(columns="label"), "*") == ["f0", "f1", "f2", "f3", "g0"]  # no Metadata_*
+    with pytest.raises(InputError, match="non-numeric feature columns: label"):
+        feature_columns(table, "*")  # what a pattern matches must be numeric, as for names
+    with pytest.raises(InputError, match="not in the table: h\\*"):
+        feature_columns(table, "h*")
+    with pytest.raises(InputError, match="cannot be features \\(Metadata_dose\\)"):
+        feature_columns(table, ["f0", "Metadata_dose"])
+    with pytest.raises(InputError, match="non-numeric feature columns: label"):
+        feature_columns(table, "f0,label")
+    with pytest.raises(InputError, match="selection is empty"):
+        feature_columns(table, " , ")
+    with pytest.raises(InputError, match="no feature columns"):
+        feature_columns(table[["Metadata_Well", "label"]])
+    literal = pd.DataFrame({"a[1]": [1.0], "a1": [2.0]})  # a name that exists is never a pattern
+    assert feature_columns(literal, "a[1]") == ["a[1]"]
+
+
+def test_unprefixed_coordinates_are_metadata_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from cpcnn.profiles.tables import LEGACY_METADATA, metadata_columns
+
+    table = small_table()
+    for name in LEGACY_METADATA:
+        table[name] = np.arange(len(table), dtype=float) * 100
+    assert feature_columns(table) == ["f0", "f1", "f2", "f3"]
+    assert metadata_columns(table) == ["Metadata_Well", "Metadata_dose", *LEGACY_METADATA]
+    paths = [write_profiles(table, tmp_path / "a.csv"), write_profiles(table, tmp_path / "b.parquet")]
+    with caplog.at_level("WARNING", logger="cpcnn"):
+        back = read_profiles(paths)
+    notes = [r.getMessage() for r in caplog.records]
+    assert len(notes) == 1 and "Nuclei_Location_Center_X" in notes[0] and "ObjectNumber" in notes[0]
+    assert list(back.columns[-4:]) == ["f0", "f1", "f2", "f3"] and back["ObjectNumber"].tolist()[:2] == [0, 100]
+    # asked for explicitly, a legacy column is a feature (the user's choice)
+    assert feature_columns(table, "f0,Location_Center_X") == ["f0", "Location_Center_X"]

@@ -117,8 +117,8 @@ def _check_numeric(table: pd.DataFrame | Mapping[str, bool], names: Sequence[str
     if bad:
         shown = ", ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
         raise InputError(
-            f"non-numeric feature columns: {shown}; prefix descriptive columns with "
-            f"'{METADATA_PREFIX}' or pass an explicit feature list"
+            f"non-numeric feature columns: {shown}; features are numbers (descriptive columns are "
+            f"named '{METADATA_PREFIX}*')"
         )
 
 
