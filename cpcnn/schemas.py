@@ -162,6 +162,8 @@ class Readiness(BaseModel):
 # -- profiles: tables, sphering transforms, reference libraries, evaluation ------------------------
 
 _ID = "content hash of what made it (32 hex digits): the same request gives the same id"
+#: Most names/patterns in one feature selection (CellProfiler tables have a few thousand features).
+MAX_FEATURE_SELECTION = 20_000
 _FEATURES = (
     "feature columns of the table to use: names and/or glob patterns such as efficientnet_*; "
     "default: every numeric column not named Metadata_* (cell coordinates are never features)"
@@ -169,7 +171,8 @@ _FEATURES = (
 
 
 def _features_field() -> Any:
-    return Field(default=None, min_length=1, description=_FEATURES, examples=[["efficientnet_*"]])
+    return Field(default=None, min_length=1, max_length=MAX_FEATURE_SELECTION, description=_FEATURES,
+                 examples=[["efficientnet_*"]])
 
 
 class TablePublic(BaseModel):

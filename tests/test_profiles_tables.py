@@ -136,6 +136,9 @@ def test_feature_selection_by_names_and_globs() -> None:
         feature_columns(table, " , ")
     with pytest.raises(InputError, match="no feature columns"):
         feature_columns(table[["Metadata_Well", "label"]])
+    with pytest.raises(InputError, match="101 feature patterns is over the limit of 100"):
+        feature_columns(table, [f"f{i}*" for i in range(101)])
+    assert feature_columns(table, [f"f{i % 4}" for i in range(500)]) == ["f0", "f1", "f2", "f3"]  # names: no limit
     literal = pd.DataFrame({"a[1]": [1.0], "a1": [2.0]})  # a name that exists is never a pattern
     assert feature_columns(literal, "a[1]") == ["a[1]"]
 

@@ -5,7 +5,7 @@ treatment, annotations, cell coordinates). ``feature_columns`` is the one rule t
 columns are features: an explicit selection (names and/or glob patterns such as ``efficientnet_*``),
 or by default every numeric column that is not metadata. Cell coordinate and object-number columns
 without the prefix (``Nuclei_Location_Center_X/Y``, ``Location_Center_X/Y``, ``ObjectNumber``, as
-written by cpcnn before 0.2 and by CellProfiler) are metadata too: a coordinate must never enter a
+written by earlier cpcnn versions and by CellProfiler) are metadata too: a coordinate must never enter a
 profile. Features are float32. Readers accept CSV (``.csv``, ``.csv.gz``), Parquet (``.parquet``,
 ``.pq``) and DeepProfiler output folders (``*.npz`` below a folder, or a single ``.npz``).
 """
@@ -41,6 +41,8 @@ LEGACY_METADATA: tuple[str, ...] = (
 #: A feature selection: None (the default rule), names and glob patterns, or one comma-separated string.
 FeatureSelection = str | Sequence[str] | None
 _GLOB_CHARS = frozenset("*?[")
+#: Patterns per selection: each is matched against every column, so their number bounds the work.
+MAX_PATTERNS = 100
 #: Number of single cells behind an aggregated row.
 COUNT_CELLS = "Metadata_Count_Cells"
 #: Number of input rows (cells, sites, wells) averaged into an aggregated row.
@@ -140,6 +142,9 @@ def _expand(columns: Sequence[str], selection: Sequence[str]) -> list[str]:
     a pattern over the non-metadata columns and must match at least one.
     """
     present = set(columns)
+    patterns = [item for item in selection if item not in present and _GLOB_CHARS.intersection(item)]
+    if len(patterns) > MAX_PATTERNS:
+        raise InputError(f"{len(patterns)} feature patterns is over the limit of {MAX_PATTERNS}; list names instead")
     chosen: dict[str, None] = {}
     missing: list[str] = []
     for item in selection:

@@ -384,3 +384,6 @@ def test_features_selection_on_every_profile_endpoint(served: tuple[httpx.Client
     unknown = client.post("/v1/evaluate", json={"table_id": stored["id"], "id_column": ID, "annotation": MOA,
                                                 "features": ["nope_*"]})
     assert unknown.status_code == 422 and "nope_*" in unknown.json()["detail"]
+    huge = client.post("/v1/evaluate", json={"table_id": stored["id"], "id_column": ID, "annotation": MOA,
+                                             "features": ["f0"] * 20_001})
+    assert huge.status_code == 422
