@@ -161,3 +161,21 @@ def test_unprefixed_coordinates_are_metadata_with_one_warning(
     assert list(back.columns[-4:]) == ["f0", "f1", "f2", "f3"] and back["ObjectNumber"].tolist()[:2] == [0, 100]
     # asked for explicitly, a legacy column is a feature (the user's choice)
     assert feature_columns(table, "f0,Location_Center_X") == ["f0", "Location_Center_X"]
+
+
+def test_sites_given_and_not_given_aggregate_together(tmp_path: Path) -> None:
+    """Integer sites next to cells embedded without --site (text ""): one Parquet column of text."""
+    from cpcnn.io.cells import write_cells
+    from cpcnn.profiles import aggregate_files
+
+    features, centers = np.ones((2, 3), np.float32), np.array([[1.0, 2.0], [3.0, 4.0]])
+    paths = [
+        write_cells(tmp_path / f"{i}.parquet", features * (i + 1), centers, model_name="m",
+                    metadata={"Metadata_Plate": "P", "Metadata_Well": "A01", "Metadata_Site": site})
+        for i, site in enumerate(["3", ""])
+    ]
+    result = aggregate_files(paths, by=["Metadata_Plate", "Metadata_Well", "Metadata_Site"], op="median")
+    out = read_profiles(write_profiles(result.profiles, tmp_path / "sites.parquet"))
+    assert out["Metadata_Site"].tolist() == ["3", ""] and out["efficientnet_0"].tolist() == [1, 2]
+    both = read_profiles(paths)
+    assert read_profiles(write_profiles(both, tmp_path / "cells.parquet"))["Metadata_Site"].tolist() == ["3"] * 2 + [""] * 2

@@ -305,8 +305,25 @@ def write_profiles(table: pd.DataFrame, path: PathLike) -> Path:
         # Dictionary pages only for Metadata: float features never repeat, and dictionary attempts
         # make the file ~1.5x larger and slower to read.
         meta = [c for c in metadata_columns(table) if c in table.columns]
+        table = _one_type_per_metadata_column(table, meta)
         table.to_parquet(path, index=False, row_group_size=ROW_GROUP_ROWS, use_dictionary=meta or False)
     return path
+
+
+def _one_type_per_metadata_column(table: pd.DataFrame, meta: Sequence[str]) -> pd.DataFrame:
+    """Parquet holds one type per column: metadata mixing numbers and text (e.g. sites 3 and "" from
+    cells embedded with and without ``--site``) is written as text, missing values kept missing."""
+    mixed = [
+        c for c in meta
+        if table[c].dtype == object and pd.api.types.infer_dtype(table[c], skipna=True).startswith("mixed")
+    ]
+    if not mixed:
+        return table
+    table = table.copy(deep=False)
+    for column in mixed:
+        values = table[column]
+        table[column] = values.where(values.isna(), values.astype(str))
+    return table
 
 
 def table_kinds(path: PathLike, *, sample_rows: int = 1000) -> dict[str, bool]:
