@@ -23,8 +23,6 @@ X_COLUMN = "Metadata_Nuclei_Location_Center_X"
 Y_COLUMN = "Metadata_Nuclei_Location_Center_Y"
 OBJECT_NUMBER_COLUMN = "Metadata_ObjectNumber"
 SITE_KEYS = ("Metadata_Plate", "Metadata_Well", "Metadata_Site")
-#: The cell columns after the site metadata, before the features.
-CELL_COLUMNS = ("Metadata_Model", OBJECT_NUMBER_COLUMN, X_COLUMN, Y_COLUMN)
 
 
 def feature_names(prefix: str, size: int) -> list[str]:
