@@ -28,3 +28,9 @@ NORMALIZATIONS: tuple[str, ...] = ("minmax", "minmax_paper")
 
 #: pycytominer's naming of deep feature columns: ``{Metadata_Model}_{i}``.
 FEATURE_PREFIX = "efficientnet"
+
+#: Evaluation conventions. ``copairs``: exact non-interpolated AP (as copairs computes it) and a
+#: Haldane-Anscombe estimate for infinite odds ratios. ``paper``: the published evaluation code of
+#: the CNN-1 paper (``cpcnn.metrics.paper``).
+Convention = Literal["copairs", "paper"]
+CONVENTIONS: tuple[str, ...] = ("copairs", "paper")

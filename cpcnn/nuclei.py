@@ -51,7 +51,7 @@ def detect_nuclei(
     if n_labels == 0:
         return np.zeros((0, 2), np.float64)
     if n_labels > max_nuclei:
-        raise InputError(f"nucleus detection found {n_labels} objects, over the limit of {max_nuclei}")
+        raise InputError(f"nucleus detection found {n_labels} nuclei, over the limit of {max_nuclei} cells")
     centroids = ndimage.center_of_mass(foreground, labels, index=np.arange(1, n_labels + 1))
     centers = np.asarray(centroids, np.float64).reshape(-1, 2)[:, ::-1]  # (row, col) -> (x, y)
     logger.debug("detected %d nuclei (Otsu + watershed)", centers.shape[0])

@@ -136,7 +136,7 @@ class CellsResult(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
-    version: str
+    version: str | None = Field(default=None, description="only for callers with the API key")
 
 
 class WorkerPublic(BaseModel):
@@ -151,6 +151,8 @@ class WorkerPublic(BaseModel):
 
 
 class Readiness(BaseModel):
+    """Without the API key only ``ready``, ``queue`` and ``queue_reachable`` are sent."""
+
     ready: bool
     queue: Literal["embedded", "redis"]
     queue_reachable: bool
@@ -325,6 +327,11 @@ class EvaluateRequest(BaseModel):
     annotation: str = Field(examples=["Metadata_moa"])
     separator: str | None = Field(default="|", description="multi-value separator; null for none")
     features: list[str] | None = _features_field()
+    convention: Literal["copairs", "paper"] = Field(
+        default="copairs",
+        description="copairs: exact non-interpolated mAP, Haldane-Anscombe for infinite odds ratios; "
+        "paper: the CNN-1 paper's published evaluation code (its queries, interpolated mAP, odds-ratio rule)",
+    )
 
 
 class PrecisionAtRecall(BaseModel):
@@ -336,10 +343,16 @@ class Evaluation(BaseModel):
     """Mean retrieval metrics (``cpcnn evaluate``); ``settings`` states the protocol and rules used."""
 
     table_id: str
-    mean_average_precision: float | None
+    convention: Literal["copairs", "paper"] = Field(description="the rules that produced these numbers")
+    mean_average_precision: float | None = Field(
+        description="copairs: non-interpolated; paper: the paper's interpolated mAP"
+    )
     mean_average_precision_interpolated: float | None
     folds_of_enrichment: float | None
-    n_queries: int
+    n_queries: int = Field(description="folds-of-enrichment queries")
+    n_queries_average_precision: int = Field(
+        description="mAP queries: as n_queries for copairs, those with two or more hits for paper"
+    )
     n_treatments: int
     n_excluded_unannotated: int
     n_odds_ratio_infinite: int

@@ -18,7 +18,7 @@ import platformdirs
 from cpcnn.errors import ConflictError, InputError, NotFoundError
 from cpcnn.manifest import ModelManifest, sha256_file
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 DEFAULT_MODEL = "cnn1"
 
 
@@ -29,7 +29,7 @@ def cpcnn_home() -> Path:
 
 
 def validate_model_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise InputError(
             f"invalid model name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting alphanumeric"
         )

@@ -32,7 +32,7 @@ _BN_PARAMS = {
     "running_mean": "moving_mean",
     "running_var": "moving_variance",
 }
-_UNIQUIFIED = re.compile(r"^(.+)_\d+$")
+_UNIQUIFIED = re.compile(r"(.+)_\d+")
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def _resolve_layer(group_name: str, weight_name: str, known: set[str]) -> str:
         return group_name
     parts = weight_name.split("/")
     candidate = parts[-2] if len(parts) >= 2 else group_name
-    match = _UNIQUIFIED.match(candidate)
+    match = _UNIQUIFIED.fullmatch(candidate)
     if candidate not in known and match and match.group(1) in known:
         return match.group(1)
     return candidate

@@ -7,15 +7,20 @@ defaults. Nothing is read at import time: call ``ApiSettings()`` or ``WorkerSett
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cpcnn.store import DEFAULT_MODEL, ModelStore, cpcnn_home
 
+logger = logging.getLogger(__name__)
+
 SECRETS_DIR = Path("/run/secrets")
+#: Host names every server answers to, whatever its bind address (plus the bind host itself).
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 _PLACEHOLDER_KEYS = {"changeme", "changethis", "secret", "apikey", "api-key"}
 
 
@@ -26,9 +31,24 @@ class Limits(BaseModel):
     max_part_bytes: int = Field(default=256 * 2**20, gt=0)
     max_pixels: int = Field(default=25_000_000, gt=0, description="per channel")
     max_cells: int = Field(default=50_000, gt=0)
-    max_table_bytes: int = Field(default=2 * 2**30, gt=0, description="decompressed CSV size of one profile table")
-    max_table_values: int = Field(default=250_000_000, gt=0, description="rows x columns of one profile table")
+    max_table_bytes: int = Field(default=512 * 2**20, gt=0, description="decompressed CSV (or uncompressed Parquet) size of one profile table")
+    max_table_values: int = Field(default=100_000_000, gt=0, description="rows x columns of one profile table")
+    max_table_expansion: int = Field(
+        default=50, gt=0, description="decoded bytes per uploaded byte of a compressed table (gzip CSV, Parquet)"
+    )
     max_matches: int = Field(default=1_000_000, gt=0, description="queries x top_k rows in one match answer")
+    max_sphering_features: int = Field(
+        default=2048, gt=0, description="features of one sphering fit (memory D^2, time D^3, file 8 D^2 bytes)"
+    )
+
+
+class HttpTimeouts(BaseModel):
+    """How long a client may take to send a request; slow or stalled clients are disconnected."""
+
+    header_s: float = Field(default=10.0, gt=0, description="from connection (or the end of the last response) "
+                            "to the end of the request head; then 408 and close")
+    body_idle_s: float = Field(default=30.0, gt=0, description="longest pause between body bytes; then close")
+    keep_alive_s: float = Field(default=5.0, gt=0, description="idle keep-alive connections are closed after this")
 
 
 class QueueSettings(BaseModel):
@@ -81,17 +101,49 @@ class ApiSettings(_Common):
     api_key: SecretStr | None = None
     metrics_public: bool = Field(default=False, description="serve /metrics without the API key")
     limits: Limits = Field(default_factory=Limits)
+    http: HttpTimeouts = Field(default_factory=HttpTimeouts)
+    trusted_hosts: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description="Host header values served (comma-separated; '*.example.org' wildcards; '*' disables the "
+                    "check); default localhost, 127.0.0.1, ::1 and the bind host",
+    )
     open_libraries: int = Field(default=8, gt=0, description="reference libraries kept memory-mapped for matching")
 
+    @field_validator("trusted_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [host.strip() for host in value.split(",") if host.strip()]
+        return value
+
     @model_validator(mode="after")
-    def _refuse_placeholder_key(self) -> ApiSettings:
+    def _refuse_weak_key(self) -> ApiSettings:
+        """An empty key would silently turn authentication off: only ``env=dev`` may do that."""
         if self.api_key is not None:
             key = self.api_key.get_secret_value()
-            if not key:
+            if not key.strip():
+                if self.env != "dev":
+                    raise ValueError("CPCNN_API_KEY is set but empty, which would turn authentication off; "
+                                     "set a real key (16+ characters) or unset it")
                 self.api_key = None
             elif self.env != "dev" and (key.lower() in _PLACEHOLDER_KEYS or len(key) < 16):
                 raise ValueError("CPCNN_API_KEY is a placeholder or shorter than 16 characters; set a real key")
         return self
+
+    def allowed_hosts(self) -> tuple[str, ...]:
+        """Lower-case Host names the server answers to; ``("*",)`` when the check is off."""
+        hosts = self.trusted_hosts if self.trusted_hosts is not None else [*LOCAL_HOSTS, self.host]
+        return tuple(dict.fromkeys(host.strip().lower().strip("[]") for host in hosts if host.strip()))
+
+    def warn_if_open(self) -> None:
+        """Log loudly when nothing protects the API: no key outside dev, or any Host accepted."""
+        if self.api_key is None and self.env != "dev":
+            logger.warning("NO API KEY IS SET: anyone who can reach %s:%d can use this API and read every "
+                           "result; set CPCNN_API_KEY (or CPCNN_ENV=dev for a local-only server)",
+                           self.host, self.port)
+        if self.api_key is None and "*" in self.allowed_hosts():
+            logger.warning("CPCNN_TRUSTED_HOSTS is '*' and there is no API key: web pages can reach this API "
+                           "through DNS rebinding")
 
 
 class WorkerSettings(_Common):

@@ -7,8 +7,9 @@ so a path is safe to build from it and the same request finds the same artifact:
     profiles/transforms/<id>.npz     a ``Sphering`` file (plain arrays, no pickle)
     profiles/libraries/<id>/         a ``Library`` folder (features.npy is memory-mapped) + origin.json
 
-Every artifact is written under a dot-name and renamed into place, so a crash never leaves half of
-one and an existing artifact is never overwritten. Libraries stay open (memory-mapped) in a small
+Every artifact is written under a dot-name, fsynced and renamed into place (then its folder is
+fsynced), so a crash never leaves half of one and an existing artifact is never overwritten;
+dot-named leftovers of a crash are removed when the store is opened. Libraries stay open (memory-mapped) in a small
 LRU: a query costs one matrix product over mapped pages, not a read of the library.
 """
 
@@ -28,20 +29,21 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cpcnn.errors import InputError, NotFoundError
 from cpcnn.profiles import Library, Sphering
-from cpcnn.profiles.tables import ROW_GROUP_ROWS, is_metadata, metadata_columns
+from cpcnn.profiles.sphering import read_sphering_info
+from cpcnn.profiles.tables import ROW_GROUP_ROWS, check_finite, feature_columns, is_metadata, metadata_columns
 from cpcnn.schemas import LibraryPublic, TablePublic, TransformPublic
+from service.durable import STALE_TEMPORARY_S, remove_stale, replace_durably
 
-_ID = re.compile(r"^[0-9a-f]{32}$")
+_ID = re.compile(r"[0-9a-f]{32}")
 _TABLE_META = b"cpcnn-table"
 _ORIGIN = "origin.json"
-#: Dot-named leftovers of a crashed write older than this are removed at start.
-_STALE_S = 3600.0
 T = TypeVar("T")
 
 
@@ -61,7 +63,7 @@ def selection_key(features: Sequence[str] | None) -> tuple[str, ...]:
 
 def check_id(artifact_id: str, kind: str) -> str:
     """Ids are 32 hex digits; anything else cannot exist (and never reaches the filesystem)."""
-    if not _ID.match(artifact_id):
+    if not _ID.fullmatch(artifact_id):
         raise NotFoundError(f"{kind} {artifact_id!r} does not exist (ids are 32 hexadecimal digits)")
     return artifact_id
 
@@ -80,14 +82,14 @@ def _when(text: str | None, path: Path) -> dt.datetime:
 class ProfileStore:
     """Tables, transforms and libraries under ``root/profiles``."""
 
-    def __init__(self, root: Path, *, open_libraries: int = 8) -> None:
+    def __init__(self, root: Path, *, open_libraries: int = 8, stale_s: float = STALE_TEMPORARY_S) -> None:
         self.root = Path(root) / "profiles"
         self.tables_dir = self.root / "tables"
         self.transforms_dir = self.root / "transforms"
         self.libraries_dir = self.root / "libraries"
         for folder in (self.tables_dir, self.transforms_dir, self.libraries_dir):
             folder.mkdir(parents=True, exist_ok=True)
-            _remove_stale(folder)
+            remove_stale(folder, max_age_s=stale_s)
         self._capacity = open_libraries
         self._open: OrderedDict[str, Library] = OrderedDict()
         self._lock = threading.Lock()
@@ -106,6 +108,7 @@ class ProfileStore:
         """Store a table (Metadata_* + float32 features) unless one with this id exists."""
         path = self.table_path(table_id)
         if not path.is_file():
+            _check_finite_columns(table, what=name)
             try:
                 arrow = pa.Table.from_pandas(table, preserve_index=False)
             except (pa.ArrowException, TypeError, ValueError) as exc:
@@ -177,7 +180,11 @@ class ProfileStore:
         return Sphering.load(path)
 
     def transform_public(self, transform_id: str) -> TransformPublic:
-        sphering = self.transform(transform_id)
+        """From the file's header and feature names alone: the (D, D) matrix is not read."""
+        path = self.transform_path(transform_id)
+        if not path.is_file():
+            raise NotFoundError(f"transform {transform_id} does not exist")
+        sphering = read_sphering_info(path)
         provenance = {str(k): str(v) for k, v in sphering.provenance.items()}
         return TransformPublic.model_validate(
             {
@@ -220,7 +227,7 @@ class ProfileStore:
                 folder = library.save(staging / "library")
                 (folder / _ORIGIN).write_text(json.dumps({"table_id": table_id, "created_at": _now()}))
                 try:
-                    os.rename(folder, target)
+                    replace_durably(folder, target, overwrite=False)
                 except OSError:  # an identical request saved it a moment ago
                     if not self.has_library(library_id):
                         raise
@@ -282,11 +289,19 @@ class ProfileStore:
     def _each(folder: Path, suffix: str, public: Callable[[str], T]) -> Iterator[T]:
         for path in folder.iterdir():
             stem = path.name.removesuffix(suffix) if suffix else path.name
-            if path.name.endswith(suffix) and _ID.match(stem):
+            if path.name.endswith(suffix) and _ID.fullmatch(stem):
                 try:
                     yield public(stem)
                 except (NotFoundError, InputError, OSError):  # deleted or being deleted meanwhile
                     continue
+
+
+def _check_finite_columns(table: pd.DataFrame, *, what: str) -> None:
+    """No stored table holds +-inf (NaN marks a missing value); checked a column at a time, no copy."""
+    names = feature_columns(table)
+    infinite = [n for n in names if np.isinf(table[n].to_numpy()).any()]
+    if infinite:
+        check_finite(table.loc[:, infinite[:5]].to_numpy(), infinite[:5], what=what)
 
 
 def _sorted(items: Iterator[Any]) -> list[Any]:
@@ -300,7 +315,7 @@ def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
     tmp = Path(name)
     try:
         write(tmp)
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -317,16 +332,3 @@ def _delete(path: Path, what: str) -> None:
     else:
         trash.unlink(missing_ok=True)
 
-
-def _remove_stale(folder: Path) -> None:
-    cutoff = time.time() - _STALE_S
-    for path in folder.glob(".*"):
-        try:
-            if path.stat().st_mtime >= cutoff:
-                continue
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        except OSError:
-            continue

@@ -63,7 +63,9 @@ class LocalQueue:
     """In-process queue and worker threads for ``cpcnn serve`` without Redis.
 
     The same ``run_job`` as RQ workers; a crash of the job function re-queues it up to ``retries``
-    times. Jobs left queued or running by a previous process are picked up again at start.
+    times. Jobs left queued or running by a previous process are picked up again at start; their
+    attempts are counted in ``state.json`` before each run, so a job that kills the process is
+    failed once ``1 + retries`` attempts are spent instead of being rerun at every start.
     """
 
     kind = "embedded"
@@ -76,13 +78,15 @@ class LocalQueue:
         self.retries = retries
         self.preload = preload
         self._slots = slots
-        self._ids: queue.Queue[tuple[str, int] | None] = queue.Queue()
+        self._ids: queue.Queue[tuple[str, int] | None] = queue.Queue()  # (job id, crashes in this process)
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._loader: threading.Thread | None = None
         self._load_error: str | None = None
-        self._context = WorkerContext(jobs=jobs, runtime=runtime, name=f"{socket.gethostname()}:{os.getpid()}:embedded")
+        self._context = WorkerContext(
+            jobs=jobs, runtime=runtime, name=f"{socket.gethostname()}:{os.getpid()}:embedded", max_attempts=retries + 1
+        )
 
     def start(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=self._slots, thread_name_prefix="cpcnn-job")
@@ -147,7 +151,7 @@ class LocalQueue:
             item = self._ids.get()
             if item is None:
                 return
-            job_id, failures = item
+            job_id, crashes = item
             with self._lock:
                 if job_id in self._cancelled:
                     self._cancelled.discard(job_id)
@@ -155,13 +159,23 @@ class LocalQueue:
             try:
                 run_job(job_id, self._context)
             except Exception as exc:
-                final = failures >= self.retries
-                logger.exception("job %s crashed (attempt %d)%s", job_id, failures + 1, "" if final else "; retrying")
+                # The durable count includes earlier processes; the local one ends a job that fails
+                # before its start could be recorded.
+                attempts = max(self._attempts(job_id), crashes + 1)
+                final = attempts >= self._context.max_attempts
+                logger.exception("job %s crashed (attempt %d)%s", job_id, attempts, "" if final else "; retrying")
                 record_failure(self.jobs, job_id, exc, final=final)
                 if not final:
-                    self._ids.put((job_id, failures + 1))
+                    self._ids.put((job_id, crashes + 1))
             finally:
                 self._ids.task_done()
+
+    def _attempts(self, job_id: str) -> int:
+        """Starts recorded on disk (counted before each run, so they include the one that crashed)."""
+        try:
+            return self.jobs.state(job_id).attempts
+        except (NotFoundError, ValueError):
+            return self._context.max_attempts
 
     def wait_idle(self) -> None:
         """Block until every queued job has been processed (tests, benchmarks)."""

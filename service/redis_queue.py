@@ -36,6 +36,31 @@ def worker_key(name: str) -> str:
     return f"cpcnn:worker:{name}"
 
 
+def attempts_key(job_id: str) -> str:
+    """Starts of one job (an integer), counted by workers before they run it."""
+    return f"cpcnn:attempts:{job_id}"
+
+
+class RedisAttempts:
+    """The durable attempt counter of RQ mode: ``INCR`` is atomic, so two workers never count the
+    same start twice, and the count survives every worker (and, with AOF, Redis itself)."""
+
+    def __init__(self, connection: redis.Redis, *, ttl_s: int) -> None:
+        self.connection = connection
+        self.ttl_s = ttl_s
+
+    def begin(self, job_id: str) -> int:
+        with self.connection.pipeline() as pipe:
+            pipe.incr(attempts_key(job_id))
+            pipe.expire(attempts_key(job_id), self.ttl_s)
+            count, _ = pipe.execute()
+        return int(count)
+
+    def reset(self, job_id: str) -> None:
+        """A new submission of the job starts with no attempts spent."""
+        self.connection.delete(attempts_key(job_id))
+
+
 def connect(url: str) -> redis.Redis:
     """A client that fails fast (1 s connect) so requests answer 503 instead of hanging."""
     return redis.Redis.from_url(
@@ -100,6 +125,7 @@ class RedisQueue:
         self.settings = settings
         self.connection = connect(url)
         self.registry = WorkerRegistry(self.connection, ttl_s=worker_ttl_s)
+        self.attempts = RedisAttempts(self.connection, ttl_s=settings.data_ttl_s)
         self._queues: dict[str, Queue] = {}
 
     def queue(self, model: str) -> Queue:
@@ -117,6 +143,7 @@ class RedisQueue:
 
     def enqueue(self, job_id: str, *, model: str) -> None:
         with redis_errors(self.settings.retry_after_s):
+            self.attempts.reset(job_id)
             self.queue(model).enqueue(
                 TASK_PATH,
                 {"job_id": job_id},

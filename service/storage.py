@@ -10,8 +10,9 @@ Layout, one folder per job id (a content hash, so the path is safe to build from
     jobs/<id>/features.npy   (N, D) float32 result, rows in location order
     jobs/<id>/cells.npy      (N, 2) float64 centres of the result rows
 
-Every write goes to a temporary name first and is renamed into place, so readers on other machines
-never see half a file.
+Every write goes to a temporary dot-name first, is fsynced and renamed into place (then the folder
+is fsynced), so readers on other machines never see half a file and a crash never leaves one.
+Temporaries a crash left behind are removed when a store is opened (``service.durable``).
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field
 
-from cpcnn._types import F32Array, F64Array
+from cpcnn._types import F32Array, F64Array, I64Array
 from cpcnn.errors import NotFoundError
 from cpcnn.locations import Locations
 from cpcnn.schemas import ImageInfo, JobLinks, JobPublic, JobStatus, Problem
+from service.durable import STALE_TEMPORARY_S, remove_stale, replace_durably, write_bytes_durably
 
-_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def utcnow() -> datetime:
@@ -48,6 +50,7 @@ class JobSpec(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict)
     detect_nuclei: bool = False
     n_locations: int | None = None
+    max_cells: int | None = Field(default=None, description="cells the job may have (limit when it was submitted)")
     image: ImageInfo
     created_at: datetime = Field(default_factory=utcnow)
 
@@ -70,18 +73,19 @@ class JobState(BaseModel):
 
 def check_job_id(job_id: str) -> str:
     """Job ids are 32 hex digits; anything else cannot exist (and never reaches the filesystem)."""
-    if not _JOB_ID.match(job_id):
+    if not _JOB_ID.fullmatch(job_id):
         raise NotFoundError(f"job {job_id!r} does not exist (ids are 32 hexadecimal digits)")
     return job_id
 
 
 class JobStore:
-    """Job folders under ``root/jobs``."""
+    """Job folders under ``root/jobs``; opening one removes crash leftovers older than ``stale_s``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, stale_s: float = STALE_TEMPORARY_S) -> None:
         self.root = Path(root)
         self.jobs_dir = self.root / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale(self.jobs_dir, max_age_s=stale_s, depth=1)
 
     def folder(self, job_id: str) -> Path:
         return self.jobs_dir / check_job_id(job_id)
@@ -105,7 +109,7 @@ class JobStore:
             (staging / "request.json").write_text(spec.model_dump_json())
             (staging / "state.json").write_text(JobState().model_dump_json())
             try:
-                os.rename(staging, target)
+                replace_durably(staging, target, overwrite=False)
             except OSError:  # another request created the same job first
                 return False
         finally:
@@ -122,7 +126,7 @@ class JobStore:
         folder = self.folder(job_id)
         if not folder.is_dir():
             raise NotFoundError(f"job {job_id} was deleted")
-        self._atomic_write(folder / "state.json", state.model_dump_json().encode())
+        write_bytes_durably(folder / "state.json", state.model_dump_json().encode())
 
     def public(self, job_id: str, *, prefix: str = "/v1") -> JobPublic:
         """Spec and state merged into the wire model."""
@@ -163,7 +167,7 @@ class JobStore:
         for name, array in (("cells.npy", centers), ("features.npy", features)):
             with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{name}-", delete=False) as handle:
                 np.save(handle, array, allow_pickle=False)
-            os.replace(handle.name, folder / name)
+            replace_durably(Path(handle.name), folder / name)
 
     def features_path(self, job_id: str) -> Path:
         return self.folder(job_id) / "features.npy"
@@ -176,11 +180,7 @@ class JobStore:
             features, centers = np.load(folder / "features.npy"), np.load(folder / "cells.npy")
         except FileNotFoundError as exc:
             raise NotFoundError(f"job {job_id} has no result on disk") from exc
-        objects = folder / "objects.npy"
-        numbers = np.load(objects, allow_pickle=False) if objects.is_file() else None
-        if numbers is not None and len(numbers) != len(centers):
-            numbers = None  # cannot happen for uploaded locations; never mislabel cells if it did
-        return features, Locations.numbered(centers, numbers)
+        return features, Locations.numbered(centers, read_object_numbers(folder, len(centers)))
 
     def has_result(self, job_id: str) -> bool:
         return self.features_path(job_id).is_file()
@@ -198,7 +198,7 @@ class JobStore:
         shutil.rmtree(trash, ignore_errors=True)
 
     def ids(self) -> list[str]:
-        return sorted(p.name for p in self.jobs_dir.iterdir() if _JOB_ID.match(p.name))
+        return sorted(p.name for p in self.jobs_dir.iterdir() if _JOB_ID.fullmatch(p.name))
 
     def prune(self, *, max_age_s: float) -> int:
         """Delete finished jobs older than ``max_age_s``; returns how many went."""
@@ -220,8 +220,12 @@ class JobStore:
         except FileNotFoundError as exc:
             raise NotFoundError(f"job {job_id} does not exist") from exc
 
-    @staticmethod
-    def _atomic_write(path: Path, data: bytes) -> None:
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}-", delete=False) as handle:
-            handle.write(data)
-        os.replace(handle.name, path)
+
+def read_object_numbers(folder: Path, n_cells: int) -> I64Array:
+    """The (N,) object numbers of a job's result rows: the uploaded ones (``objects.npy``), else 1..N
+    (positions, e.g. for detected nuclei). The one rule for every result encoding."""
+    objects = folder / "objects.npy"
+    numbers = np.load(objects, allow_pickle=False) if objects.is_file() else None
+    if numbers is None or numbers.shape != (n_cells,):
+        return np.arange(1, n_cells + 1, dtype=np.int64)  # never mislabel cells (cannot happen for uploads)
+    return numbers.astype(np.int64, copy=False)

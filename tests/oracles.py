@@ -94,3 +94,54 @@ def zca_naive(controls: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]
     cov = x.T @ x / len(x)
     s, v = np.linalg.eigh(cov)
     return mu, v @ np.diag(1.0 / np.sqrt(np.clip(s, 0, None) + lam)) @ v.T
+
+
+def paper_interpolated_precision_naive(
+    scores: np.ndarray, positives: np.ndarray, levels: list[float]
+) -> list[float]:
+    """One query's interpolated precision at decreasing recall ``levels``, as the CNN-1 paper's published
+    evaluation computes it, written out with loops.
+
+    The precision-recall curve of scikit-learn <= 1.0: walking down the scores, every block of equal
+    scores is one point (precision and recall after the whole block); the walk stops at the first
+    point with full recall. Read from the full-recall end, precision is replaced by its running
+    maximum, and a point (precision 1, recall 0) closes the curve. Each level takes the running
+    maximum at the curve position reached so far, then the position advances past every curve point
+    whose recall exceeds that level.
+    """
+    items = sorted(zip(scores.tolist(), positives.tolist(), strict=True), key=lambda t: -t[0])
+    total = sum(bool(p) for _, p in items)
+    points: list[tuple[float, float]] = []
+    hits = seen = k = 0
+    while k < len(items) and hits < total:
+        score = items[k][0]
+        while k < len(items) and items[k][0] == score:
+            hits += bool(items[k][1])
+            seen += 1
+            k += 1
+        points.append((hits / seen, hits / total))
+    curve = points[::-1] + [(1.0, 0.0)]
+    running, best = [], -math.inf
+    for precision, _ in curve:
+        best = max(best, precision)
+        running.append(best)
+    values, position = [], 0
+    for level in levels:
+        values.append(running[position])
+        while level < curve[position][1]:
+            position += 1
+    return values
+
+
+def paper_average_precision_naive(scores: np.ndarray, positives: np.ndarray, n_points: int) -> float:
+    """The paper's AP of one query: mean interpolated precision on ``n_points`` recall levels from 1 to 0."""
+    values = paper_interpolated_precision_naive(
+        scores, positives, np.linspace(0.0, 1.0, n_points)[::-1].tolist()
+    )
+    return sum(values) / len(values)
+
+
+def paper_odds_ratio_naive(scores: np.ndarray, positives: np.ndarray, percentile: float = 99.0) -> float:
+    """One query's folds of enrichment as the paper's published code: scipy's odds ratio, infinity -> d."""
+    raw, _, (_, _, _, d) = foe_naive(scores, positives, percentile)
+    return float(d) if math.isinf(raw) else raw

@@ -70,7 +70,7 @@ def test_non_numeric_cell_names_the_line() -> None:
 
 def test_bad_json() -> None:
     with pytest.raises(InputError, match="not valid JSON"):
-        read_locations(b"[1, 2")
+        read_locations(b"[[1, 2]")
     with pytest.raises(InputError, match="numeric x and y"):
         read_locations(b'[{"x": 1}]')
 

@@ -201,3 +201,50 @@ def test_errors_are_cpcnn_errors(tmp_path: Path, plate: Path) -> None:
         )
     with pytest.raises(CpcnnError, match="needs --library-id or --id"):
         run("match", str(plate), str(plate), "--out", str(tmp_path / "m.csv"))
+
+
+def test_evaluate_and_sweep_convention(
+    tmp_path: Path, plate: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--convention paper: the JSON names the convention; its mAP needs two hits per query."""
+    angles = np.deg2rad([0, 15, 40, 70, 120, 210])  # hand-computed in test_metrics_conventions
+    table = pd.DataFrame(
+        {
+            "Metadata_id": [f"T{i}" for i in range(6)],
+            "Metadata_moa": ["a", "b", "a", "a|c", "c", "d"],
+            "f0": np.cos(angles),
+            "f1": np.sin(angles),
+        }
+    )
+    source = write_profiles(table, tmp_path / "angles.csv")
+    for convention, want_map, want_foe in (("copairs", 37 / 48, 7.5), ("paper", 53 / 72, 1.5)):
+        out = tmp_path / f"{convention}.json"
+        argv = [
+            "evaluate",
+            str(source),
+            "--id",
+            "Metadata_id",
+            "--annotation",
+            "Metadata_moa",
+            "--out",
+            str(out),
+        ]
+        assert run(*argv, "--convention", convention) == 0
+        summary = json.loads(out.read_text())
+        assert summary["convention"] == summary["settings"]["convention"] == convention
+        assert summary["mean_average_precision"] == pytest.approx(want_map, abs=1e-6)
+        assert summary["folds_of_enrichment"] == pytest.approx(want_foe, rel=1e-6)
+        assert f"{convention} convention, 4 queries" in capsys.readouterr().out
+
+    sweep = tmp_path / "sweep.json"
+    argv = ["sphering", "sweep", str(plate), "--controls", "Metadata_broad_sample=DMSO", "--lambdas", "1e-2"]
+    argv += ["--id", "Metadata_broad_sample", "--annotation", "Metadata_moa", "--out", str(sweep)]
+    assert run(*argv, "--convention", "paper") == 0
+    result = json.loads(sweep.read_text())
+    # Two queries (BRD-1 a, BRD-3 a|c) with one hit each: FoE queries, but no paper mAP query.
+    assert result["convention"] == "paper" and result["points"][0]["n_queries"] == 2
+    assert result["points"][0]["n_queries_average_precision"] == 0
+    assert result["points"][0]["mean_average_precision"] is None
+    assert "paper convention, unsphered" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        run(*argv, "--convention", "nature")

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cpcnn._types import CONVENTIONS
 from cpcnn.errors import InputError
 
 
@@ -91,10 +92,14 @@ def cmd_sphering_sweep(args: argparse.Namespace) -> int:
         method=args.method,
         sep=args.sep,
         features=args.features,
+        convention=args.convention,
     )
     _write_json(sweep.to_dict(), args.out)
     base = sweep.baseline
-    print(f"unsphered: mAP {base.mean_average_precision:.4f}, FoE {base.folds_of_enrichment:.2f}")
+    print(
+        f"{sweep.convention} convention, unsphered: mAP {base.mean_average_precision:.4f}, "
+        f"FoE {base.folds_of_enrichment:.2f}"
+    )
     for p in sweep.points:
         print(
             f"lambda {p.lam:g}: mAP {p.mean_average_precision:.4f}, FoE {p.folds_of_enrichment:.2f}, {p.n_queries} queries"
@@ -158,6 +163,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         annotation=args.annotation,
         sep=args.sep,
         features=args.features,
+        convention=args.convention,
     )
     summary = result.to_dict()
     summary["settings"]["profiles"] = str(args.profiles)
@@ -172,11 +178,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"no queries: {result.message} -> {args.out}")
     else:
         print(
-            f"{result.n_queries} queries: mAP {result.mean_average_precision:.4f} "
-            f"(interpolated {result.mean_average_precision_interpolated:.4f}), "
+            f"{result.convention} convention, {result.n_queries} queries: "
+            f"mAP {result.mean_average_precision:.4f} ({result.n_queries_average_precision} queries, "
+            f"interpolated {result.mean_average_precision_interpolated:.4f}), "
             f"FoE {result.folds_of_enrichment:.2f} ({result.n_odds_ratio_infinite} infinite odds ratios corrected) "
             f"-> {args.out}"
         )
+        if result.message:
+            print(f"note: {result.message}")
     return 0
 
 
@@ -186,6 +195,16 @@ def _add_features_arg(p: argparse.ArgumentParser) -> None:
         type=_columns,
         help="feature columns, comma-separated names or glob patterns (e.g. 'efficientnet_*'); "
         "default: every numeric column not named Metadata_*",
+    )
+
+
+def _add_convention_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--convention",
+        choices=CONVENTIONS,
+        default="copairs",
+        help="metric rules: copairs (exact non-interpolated mAP, Haldane-Anscombe for infinite odds ratios) "
+        "or paper (the CNN-1 paper's published evaluation code)",
     )
 
 
@@ -234,6 +253,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--sep", type=_sep, default="|", help="multi-value separator in the annotation ('' for none)"
     )
+    _add_convention_arg(p)
     p.add_argument("--out", required=True, help="sweep JSON")
     p.add_argument("--plot", help="optional PNG of metrics versus lambda")
     p.set_defaults(func=cmd_sphering_sweep)
@@ -265,6 +285,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--id", required=True, help="treatment id column")
     p.add_argument("--annotation", required=True, help="annotation column defining hits")
     p.add_argument("--sep", type=_sep, default="|", help="multi-value separator ('' for none)")
+    _add_convention_arg(p)
     p.add_argument("--out", required=True, help="metrics JSON")
     _add_features_arg(p)
     p.add_argument("--per-query", help="optional per-query table (.csv or .parquet)")

@@ -25,6 +25,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     serve.add_argument("--data-dir", type=Path, help="job payloads and results (default $CPCNN_HOME/service)")
     serve.add_argument("--models-dir", type=Path, help="model store folder (default $CPCNN_HOME/models)")
     serve.add_argument("--api-key", help="require this X-API-Key (prefer CPCNN_API_KEY or a Docker secret)")
+    serve.add_argument("--trusted-hosts", help="Host header values served, comma-separated ('*' = any; "
+                       "default localhost,127.0.0.1,::1 and --host) (CPCNN_TRUSTED_HOSTS)")
+    serve.add_argument("--header-timeout-s", type=float,
+                       help="close clients whose request head takes longer (default 10) (CPCNN_HTTP__HEADER_S)")
+    serve.add_argument("--body-idle-timeout-s", type=float,
+                       help="close clients that pause longer inside a body (default 30) (CPCNN_HTTP__BODY_IDLE_S)")
     _add_tuning(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -64,14 +70,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app.main import create_app
+    from service.app.server import server_config
     from service.config import ApiSettings, load_settings
 
+    timeouts = {"header_s": args.header_timeout_s, "body_idle_s": args.body_idle_timeout_s}
+    timeouts = {name: value for name, value in timeouts.items() if value is not None}
     settings: ApiSettings = _load(
         load_settings, ApiSettings, args,
         host=args.host, port=args.port, default_model=args.default_model, redis_url=args.redis_url,
         data_dir=args.data_dir, models_dir=args.models_dir, api_key=args.api_key,
+        trusted_hosts=args.trusted_hosts, http=timeouts or None,
     )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.Server(server_config(create_app(settings), settings)).run()
     return 0
 
 

@@ -251,11 +251,18 @@ class AsyncClient(BaseClient):
         return matches_table(MatchResult.model_validate_json(response.content))
 
     async def evaluate(
-        self, table: TableInput, *, id_col: str, annotation: str, sep: str | None = "|", features: FeaturesInput = None
+        self,
+        table: TableInput,
+        *,
+        id_col: str,
+        annotation: str,
+        sep: str | None = "|",
+        features: FeaturesInput = None,
+        convention: str = "copairs",
     ) -> dict[str, Any]:
         """See ``Client.evaluate``."""
         body = {"table_id": await self._table_id(table), "id_column": id_col, "annotation": annotation,
-                "separator": sep}
+                "separator": sep, "convention": convention}
         body = with_features(body, features)
         return Evaluation.model_validate_json((await self._send("POST", "/v1/evaluate", json=body)).content).model_dump()
 

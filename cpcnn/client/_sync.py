@@ -275,10 +275,21 @@ class Client(BaseClient):
         return matches_table(MatchResult.model_validate_json(response.content))
 
     def evaluate(
-        self, table: TableInput, *, id_col: str, annotation: str, sep: str | None = "|", features: FeaturesInput = None
+        self,
+        table: TableInput,
+        *,
+        id_col: str,
+        annotation: str,
+        sep: str | None = "|",
+        features: FeaturesInput = None,
+        convention: str = "copairs",
     ) -> dict[str, Any]:
-        """Retrieval metrics (mean_average_precision, ..._interpolated, folds_of_enrichment, n_queries, ...)."""
-        body = {"table_id": self._table_id(table), "id_column": id_col, "annotation": annotation, "separator": sep}
+        """Retrieval metrics (convention, mean_average_precision, ..._interpolated, folds_of_enrichment, n_queries, ...).
+
+        ``convention``: "copairs" (default) or "paper" (the CNN-1 paper's published evaluation code).
+        """
+        body = {"table_id": self._table_id(table), "id_column": id_col, "annotation": annotation, "separator": sep,
+                "convention": convention}
         body = with_features(body, features)
         return Evaluation.model_validate_json(self._send("POST", "/v1/evaluate", json=body).content).model_dump()
 

@@ -26,7 +26,7 @@ TableInput = Any
 #: Feature columns to use: names and/or glob patterns (``"efficientnet_*"``), a sequence or a
 #: comma-separated string; None = every numeric column not named ``Metadata_*``.
 FeaturesInput = Sequence[str] | str | None
-_ID = re.compile(r"^[0-9a-f]{32}$")
+_ID = re.compile(r"[0-9a-f]{32}")
 _INLINE_KEYS = {"ids", "features"}
 MATCH_COLUMNS = ("query_id", "rank", "library_id", "score")
 
@@ -47,7 +47,7 @@ def stored_table_id(source: TableInput) -> str | None:
     value = getattr(source, "id", None)
     if isinstance(value, str):
         return value
-    if isinstance(source, str) and _ID.match(source) and not Path(source).exists():
+    if isinstance(source, str) and _ID.fullmatch(source) and not Path(source).exists():
         return source
     return None
 

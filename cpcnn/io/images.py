@@ -1,9 +1,12 @@
 """Read one field of view into an (H, W, C) float32 array in a model's channel order.
 
-Sources are file paths, raw bytes or 2-D arrays. TIFF (8/16-bit, uncompressed, LZW, Deflate, ...) is
-decoded by tifffile with imagecodecs; 8/16-bit PNG by imagecodecs. Sizes are checked from the header
-before any pixel is decoded, so a small file that claims a huge image (a decompression bomb) is
-refused without allocating it.
+Sources are file paths, raw bytes or 2-D arrays. TIFF (8/16-bit or float32; uncompressed, LZW,
+Deflate, PackBits or Zstd) is decoded by tifffile with imagecodecs; 8/16-bit grayscale PNG by
+imagecodecs. Everything that sets the decoded size is checked from the headers before any pixel is
+decoded: page count, compression, pixel type, shape and planes, so a small file that claims a huge
+image (a decompression bomb) is refused without allocating it. Only codecs that are given the
+declared output size are accepted (a JPEG strip, for one, decodes to its own size whatever the
+TIFF tags say).
 """
 
 from __future__ import annotations
@@ -29,6 +32,11 @@ SUPPORTED_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32
 ImageSource = str | PathLike[str] | bytes | bytearray | memoryview | np.ndarray
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+#: TIFF compressions accepted: tifffile decodes these into a buffer of the size the tags declare.
+TIFF_COMPRESSIONS = {1: "none", 5: "LZW", 8: "Deflate", 32946: "Deflate", 32773: "PackBits", 50000: "Zstd", 34926: "Zstd"}
+#: Most pages (IFDs) a TIFF may have: a stack's planes plus thumbnails, never thousands.
+MAX_TIFF_PAGES = 64
+_PNG_GRAY = 0
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -38,7 +46,7 @@ def read_channel(source: ImageSource, *, name: str = "image", max_pixels: int = 
         return _check_plane(source, name, max_pixels)
     data = _read_bytes(source, name)
     if data[:4] in _TIFF_MAGIC:
-        pixels = _decode_tiff(data, name, max_pixels)
+        pixels = _decode_tiff(data, name, max_pixels=max_pixels)
     elif data[:8] == _PNG_MAGIC:
         pixels = _decode_png(data, name, max_pixels)
     else:
@@ -77,15 +85,19 @@ def read_stack(
     """
     order = [c.strip() for c in channel_order]
     _reject_duplicates(order, "channel order")
+    # The budget follows the model, never the client's list: padding channel_order buys nothing.
+    max_total = max_pixels * len(model_channels)
     if isinstance(source, np.ndarray):
         stack = source
     else:
         data = _read_bytes(source, "stack")
         if data[:4] not in _TIFF_MAGIC:
             raise UnsupportedMedia("multi-channel image must be a TIFF (multi-page or 3-D)")
-        stack = _decode_tiff(data, "stack", max_pixels * len(order), all_pages=True)
+        stack = _decode_tiff(data, "stack", max_pixels=max_pixels, planes=len(order), max_total=max_total)
     if stack.ndim != 3:
         raise InputError(f"multi-channel image must be 3-D (channels x height x width), got shape {stack.shape}")
+    if stack.size > max_total:
+        raise PayloadTooLarge(f"stack of shape {stack.shape} is over the limit of {max_total} pixels")
     if stack.shape[0] == len(order):
         planes = list(stack)
     elif stack.shape[-1] == len(order):
@@ -165,22 +177,59 @@ def _read_bytes(source: ImageSource, name: str) -> bytes:
     return data
 
 
-def _decode_tiff(data: bytes, name: str, max_pixels: int, *, all_pages: bool = False) -> np.ndarray:
+def _count_tiff_pages(data: bytes, name: str) -> int:
+    """Walk the IFD chain from the raw bytes (no tifffile) and refuse more than MAX_TIFF_PAGES pages."""
+    order = "<" if data[:2] == b"II" else ">"
+    big = data[2:4] in (b"\x00+", b"+\x00")
+    try:
+        offset = struct.unpack_from(order + ("Q" if big else "I"), data, 8 if big else 4)[0]
+        seen: set[int] = set()
+        while offset:
+            if offset in seen:
+                raise UnsupportedMedia(f"{name}: TIFF page chain loops")
+            seen.add(offset)
+            if len(seen) > MAX_TIFF_PAGES:
+                raise PayloadTooLarge(f"{name}: TIFF has more than {MAX_TIFF_PAGES} pages")
+            if big:
+                (entries,) = struct.unpack_from(order + "Q", data, offset)
+                offset = struct.unpack_from(order + "Q", data, offset + 8 + 20 * entries)[0]
+            else:
+                (entries,) = struct.unpack_from(order + "H", data, offset)
+                offset = struct.unpack_from(order + "I", data, offset + 2 + 12 * entries)[0]
+    except struct.error as exc:
+        raise UnsupportedMedia(f"{name}: cannot decode TIFF (page directory outside the file)") from exc
+    return len(seen)
+
+
+def _decode_tiff(
+    data: bytes, name: str, *, max_pixels: int, planes: int = 1, max_total: int | None = None
+) -> np.ndarray:
+    """TIFF bytes -> array, after checking pages, codecs, pixel type and declared shape.
+
+    ``planes`` is how many planes the image must hold (1 for a channel file); each plane may have
+    at most ``max_pixels`` pixels and all of them together at most ``max_total``.
+    """
     import tifffile
 
+    n_pages = _count_tiff_pages(data, name)
+    max_total = max_pixels * planes if max_total is None else max_total
     try:
-        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        with tifffile.TiffFile(io.BytesIO(data), _multifile=False) as tif:
+            for index in range(n_pages):
+                page = tif.pages[index]
+                code = int(getattr(page, "compression", 1))
+                if code not in TIFF_COMPRESSIONS:
+                    raise UnsupportedMedia(
+                        f"{name}: TIFF compression {_compression_name(code)} is not supported; use "
+                        "none, LZW, Deflate, PackBits or Zstd"
+                    )
             series = tif.series[0]
-            n_pixels = int(np.prod(series.shape, dtype=np.int64))
-            if n_pixels > max_pixels:
-                raise PayloadTooLarge(
-                    f"{name}: TIFF declares {series.shape} = {n_pixels} pixels, over the limit of {max_pixels}"
-                )
-            if not all_pages and len(tif.pages) > 1 and len(series.shape) > 2:
+            shape = tuple(int(n) for n in series.shape)
+            if np.dtype(series.dtype) not in SUPPORTED_DTYPES:
                 raise InputError(
-                    f"{name}: TIFF has {len(tif.pages)} pages; send one channel per file or a multi-channel "
-                    "stack with its channel order"
+                    f"{name}: unsupported pixel type {np.dtype(series.dtype)}; expected 8-bit, 16-bit or float32"
                 )
+            _check_declared_shape(shape, name, planes=planes, pages=n_pages, max_pixels=max_pixels, max_total=max_total)
             return series.asarray()
     except (PayloadTooLarge, InputError):
         raise
@@ -188,19 +237,64 @@ def _decode_tiff(data: bytes, name: str, max_pixels: int, *, all_pages: bool = F
         raise UnsupportedMedia(f"{name}: cannot decode TIFF ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
 
 
+def _compression_name(code: int) -> str:
+    import tifffile
+
+    try:
+        return tifffile.COMPRESSION(code).name
+    except ValueError:
+        return str(code)
+
+
+def _check_declared_shape(
+    shape: tuple[int, ...], name: str, *, planes: int, pages: int, max_pixels: int, max_total: int
+) -> None:
+    """Refuse a declared shape that is over the limits or cannot hold ``planes`` planes."""
+    n_pixels = 1
+    for extent in shape:
+        n_pixels *= extent
+    if n_pixels > max_total:
+        raise PayloadTooLarge(f"{name}: TIFF declares {shape} = {n_pixels} pixels, over the limit of {max_total}")
+    dims = [n for n in shape if n != 1] if planes == 1 else list(shape)
+    if planes == 1 and len(dims) > 2:
+        if pages > 1:
+            raise InputError(
+                f"{name}: TIFF has {pages} pages; send one channel per file or a multi-channel "
+                "stack with its channel order"
+            )
+        raise InputError(f"{name}: expected a single-channel 2-D image, got shape {shape}")
+    if planes > 1:
+        if len(dims) != 3:
+            raise InputError(f"multi-channel image must be 3-D (channels x height x width), got shape {shape}")
+        if planes not in (dims[0], dims[-1]):
+            raise InputError(f"channel order names {planes} channels but the image has shape {shape}")
+    if n_pixels // planes > max_pixels:
+        raise PayloadTooLarge(
+            f"{name}: TIFF declares {n_pixels // planes} pixels per plane, over the limit of {max_pixels}"
+        )
+
+
 def _decode_png(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     if len(data) < 33 or data[12:16] != b"IHDR":
         raise UnsupportedMedia(f"{name}: truncated PNG header")
-    width, height = struct.unpack(">II", data[16:24])
+    width, height, bit_depth, color_type = struct.unpack(">IIBB", data[16:26])
     if width * height > max_pixels:
         raise PayloadTooLarge(f"{name}: PNG declares {width}x{height} pixels, over the limit of {max_pixels}")
+    if color_type != _PNG_GRAY or bit_depth not in (8, 16):
+        raise InputError(
+            f"{name}: PNG is not a single-channel 8/16-bit grayscale image (color type {color_type}, "
+            f"bit depth {bit_depth})"
+        )
     import imagecodecs
 
     try:
         pixels: Any = imagecodecs.png_decode(data)
     except Exception as exc:
         raise UnsupportedMedia(f"{name}: cannot decode PNG ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
-    return np.asarray(pixels)
+    pixels = np.asarray(pixels)
+    if pixels.shape[:2] != (height, width):
+        raise UnsupportedMedia(f"{name}: PNG decoded to {pixels.shape}, not the {width}x{height} its header declares")
+    return pixels
 
 
 def _check_plane(pixels: np.ndarray, name: str, max_pixels: int) -> np.ndarray:

@@ -1,5 +1,8 @@
 """Retrieval metrics of profiles: mAP (copairs-exact and interpolated), folds of enrichment, lambda sweeps.
 
+Two conventions: ``copairs`` (default) and ``paper`` (the CNN-1 paper's published evaluation code,
+``cpcnn.metrics.paper``).
+
 Pure functions on DataFrames/arrays returning dataclasses; plots live in ``cpcnn.metrics.report``
 (``plots`` extra, imported lazily).
 """
@@ -12,6 +15,7 @@ from cpcnn.metrics.enrichment import (
     folds_of_enrichment,
     odds_ratios,
 )
+from cpcnn.metrics.paper import paper_average_precision, paper_interpolated_precision, paper_odds_ratios
 from cpcnn.metrics.retrieval import (
     RECALL_GRID,
     RetrievalResult,
@@ -42,6 +46,9 @@ __all__ = [
     "interpolated_precision",
     "label_sets",
     "odds_ratios",
+    "paper_average_precision",
+    "paper_interpolated_precision",
+    "paper_odds_ratios",
     "positive_matrix",
     "precision_recall_curves",
     "rank_relevance",

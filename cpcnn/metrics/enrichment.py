@@ -18,6 +18,9 @@ t, or every positive above t). For those queries FoE is the Haldane-Anscombe est
 a = 0 and b, c > 0 keeps FoE = 0). A query with nothing strictly above t (its top 1% are ties) has
 an undefined FoE: NaN, left out of the mean. The mean FoE averages the remaining queries; the counts
 of corrected (infinite) and undefined queries are reported alongside.
+
+Under the ``paper`` convention, the table and p-value are the same but the odds ratio follows the
+paper's published code (``cpcnn.metrics.paper.paper_odds_ratios``): an infinite odds ratio becomes d.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import hypergeom
 
-from cpcnn._types import F64Array, I64Array
+from cpcnn._types import Convention, F64Array, I64Array
+from cpcnn.metrics.paper import paper_odds_ratios
 
 PERCENTILE = 99.0
 INFINITE_ODDS_RULE = (
@@ -43,8 +47,8 @@ class Enrichment:
 
     threshold: F64Array
     tables: I64Array  # (Q, 4): a, b, c, d
-    odds_ratio: F64Array  # after the infinite-odds rule; NaN where undefined
-    corrected: np.ndarray  # bool: Haldane-Anscombe applied (raw odds ratio infinite or 0/0)
+    odds_ratio: F64Array  # after the convention's infinite-odds rule; NaN where undefined
+    corrected: np.ndarray  # bool: the infinite-odds rule was applied
     p_value: F64Array
 
 
@@ -83,11 +87,15 @@ def fisher_greater_pvalues(tables: I64Array) -> F64Array:
 
 
 def folds_of_enrichment(
-    scores: np.ndarray, positives: np.ndarray, *, percentile: float = PERCENTILE
+    scores: np.ndarray,
+    positives: np.ndarray,
+    *,
+    percentile: float = PERCENTILE,
+    convention: Convention = "copairs",
 ) -> Enrichment:
     """(Q, M) similarities to the library, (Q, M) bool positives -> per-query ``Enrichment``; see module rule."""
     threshold, tables = enrichment_tables(scores, positives, percentile=percentile)
-    ratio, corrected = odds_ratios(tables)
+    ratio, corrected = paper_odds_ratios(tables) if convention == "paper" else odds_ratios(tables)
     return Enrichment(
         threshold=threshold,
         tables=tables,

@@ -44,7 +44,7 @@ def _draw_sweep(ax: Any, sweep: SweepResult) -> None:
     lines = ax.get_legend_handles_labels()
     more = foe_ax.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="best")
-    ax.set_title(f"sphering ({sweep.settings.get('method', '')}) lambda sweep")
+    ax.set_title(f"sphering ({sweep.settings.get('method', '')}) lambda sweep, {sweep.convention} convention")
 
 
 def plot_retrieval(
@@ -56,7 +56,7 @@ def plot_retrieval(
     n_panels = 3 if sweep is not None else 2
     fig, axes = plt.subplots(1, n_panels, figsize=(5 * n_panels, 4), constrained_layout=True)
     pr_ax, hist_ax = axes[0], axes[1]
-    if result.n_queries == 0:
+    if result.n_queries_average_precision == 0:
         pr_ax.text(0.5, 0.5, result.message or "no queries", ha="center", va="center", wrap=True)
     else:
         pr_ax.plot(
@@ -64,23 +64,27 @@ def plot_retrieval(
             result.precision_at_recall,
             lw=2.5,
             color="black",
-            label=f"mean, {result.n_queries} queries",
+            label=f"mean, {result.n_queries_average_precision} queries",
         )
-        ap = result.per_query["average_precision"].to_numpy()
-        order = np.argsort(-ap, kind="stable")
+        all_ap = result.per_query["average_precision"].to_numpy(np.float64)
+        with_ap = np.flatnonzero(np.isfinite(all_ap))  # the paper convention's mAP skips some FoE queries
+        ap = all_ap[with_ap]
+        order = with_ap[np.argsort(-ap, kind="stable")]
         picks = order[
             np.unique(np.linspace(0, len(order) - 1, min(examples, len(order))).round().astype(int))
         ]
         for i in picks:
             name = result.per_query.iloc[i, 0]
-            pr_ax.plot(RECALL_GRID, result.curves[i], lw=1, alpha=0.8, label=f"{name} (AP {ap[i]:.2f})")
+            pr_ax.plot(RECALL_GRID, result.curves[i], lw=1, alpha=0.8, label=f"{name} (AP {all_ap[i]:.2f})")
         hist_ax.hist(ap, bins=20, range=(0, 1))
     pr_ax.set_xlabel("recall")
     pr_ax.set_ylabel("interpolated precision")
     pr_ax.set_xlim(0, 1)
     pr_ax.set_ylim(0, 1.02)
     pr_ax.legend(fontsize=7, loc="upper right")
-    pr_ax.set_title(f"mAP {result.mean_average_precision:.3f}, FoE {result.folds_of_enrichment:.2f}")
+    pr_ax.set_title(
+        f"{result.convention}: mAP {result.mean_average_precision:.3f}, FoE {result.folds_of_enrichment:.2f}"
+    )
     hist_ax.set_xlabel("average precision per query")
     hist_ax.set_ylabel("queries")
     if sweep is not None:

@@ -1,5 +1,9 @@
 """Retrieval metrics of treatment profiles: average precision (copairs-exact and interpolated), FoE.
 
+Two conventions share the protocol below and differ in their rules. ``copairs`` (the default) is
+described in this docstring. ``paper`` reproduces the published evaluation code of the CNN-1 paper:
+its queries, interpolated AP, ties and odds-ratio rule are documented in ``cpcnn.metrics.paper``.
+
 Protocol (the paper's): rows sharing ``id_col`` are averaged into one treatment profile. A query is
 one treatment; its library is every other annotated treatment (leave-one-out); a library member is
 a hit (positive) when it shares at least one annotation value with the query, multi-valued
@@ -32,8 +36,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cpcnn._types import F64Array
+from cpcnn._types import CONVENTIONS, Convention, F64Array
 from cpcnn.errors import InputError
+from cpcnn.metrics import paper
 from cpcnn.metrics.enrichment import INFINITE_ODDS_RULE, PERCENTILE, folds_of_enrichment
 from cpcnn.profiles.aggregate import collapse_by_id
 from cpcnn.profiles.similarity import normalize_rows
@@ -120,13 +125,20 @@ def precision_recall_curves(relevance: np.ndarray, recall: F64Array = RECALL_GRI
 
 @dataclass(frozen=True)
 class RetrievalResult:
-    """Per-query and overall retrieval metrics; metrics are NaN and ``message`` says why when n_queries is 0."""
+    """Per-query and overall retrieval metrics; metrics are NaN and ``message`` says why when n_queries is 0.
+
+    ``mean_average_precision`` is the convention's mAP: non-interpolated for ``copairs``, the paper's
+    interpolated one for ``paper``, where ``mean_average_precision_interpolated`` is the same number.
+    ``n_queries`` counts the FoE queries. ``n_queries_average_precision`` counts the mAP queries: the
+    same treatments under ``copairs``, those with two or more positives under ``paper``.
+    """
 
     per_query: pd.DataFrame
     mean_average_precision: float
     mean_average_precision_interpolated: float
     folds_of_enrichment: float
     n_queries: int
+    n_queries_average_precision: int
     n_treatments: int
     n_excluded_unannotated: int
     n_odds_ratio_infinite: int
@@ -135,6 +147,7 @@ class RetrievalResult:
     curves: F64Array  # (n_queries, R) interpolated precision per query at RECALL_GRID
     settings: dict[str, Any] = field(default_factory=dict)
     message: str = ""
+    convention: Convention = "copairs"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (NaN -> None), without the per-query table."""
@@ -143,10 +156,12 @@ class RetrievalResult:
             return None if not np.isfinite(x) else float(x)
 
         return {
+            "convention": self.convention,
             "mean_average_precision": num(self.mean_average_precision),
             "mean_average_precision_interpolated": num(self.mean_average_precision_interpolated),
             "folds_of_enrichment": num(self.folds_of_enrichment),
             "n_queries": self.n_queries,
+            "n_queries_average_precision": self.n_queries_average_precision,
             "n_treatments": self.n_treatments,
             "n_excluded_unannotated": self.n_excluded_unannotated,
             "n_odds_ratio_infinite": self.n_odds_ratio_infinite,
@@ -175,7 +190,13 @@ _PER_QUERY = [
 
 
 def _empty(
-    id_col: str, annotation: str, n_treat: int, n_unannot: int, settings: dict[str, Any], message: str
+    id_col: str,
+    annotation: str,
+    n_treat: int,
+    n_unannot: int,
+    settings: dict[str, Any],
+    message: str,
+    convention: Convention,
 ) -> RetrievalResult:
     logger.warning("retrieval evaluation: %s", message)
     return RetrievalResult(
@@ -184,6 +205,7 @@ def _empty(
         mean_average_precision_interpolated=math.nan,
         folds_of_enrichment=math.nan,
         n_queries=0,
+        n_queries_average_precision=0,
         n_treatments=n_treat,
         n_excluded_unannotated=n_unannot,
         n_odds_ratio_infinite=0,
@@ -192,7 +214,36 @@ def _empty(
         curves=np.empty((0, len(RECALL_GRID))),
         settings=settings,
         message=message,
+        convention=convention,
     )
+
+
+def _settings(
+    convention: Convention, id_col: str, annotation: str, sep: str | None, percentile: float
+) -> dict[str, Any]:
+    common: dict[str, Any] = {
+        "convention": convention,
+        "id_column": id_col,
+        "annotation": annotation,
+        "annotation_separator": sep,
+        "similarity": "cosine",
+        "aggregation": "mean of rows sharing the id",
+        "foe_percentile": percentile,
+        "foe_threshold": "per query, numpy linear interpolation over its similarities to the library",
+        "unannotated_treatments": "excluded as queries and as library members",
+    }
+    if convention == "paper":
+        return {**common, **paper.RULES, "average_precision_interpolated": "same as average_precision"}
+    return {
+        **common,
+        "queries_average_precision": "treatments with at least one other treatment sharing an annotation",
+        "queries_folds_of_enrichment": "treatments with at least one other treatment sharing an annotation",
+        "average_precision": AP_RULE,
+        "average_precision_interpolated": AP_INTERPOLATED_RULE,
+        "ties": "positives first (as copairs)",
+        "foe_infinite_odds_rule": INFINITE_ODDS_RULE,
+        "similarity_precision": "float32",
+    }
 
 
 def evaluate_retrieval(
@@ -204,26 +255,18 @@ def evaluate_retrieval(
     features: Sequence[str] | None = None,
     percentile: float = PERCENTILE,
     block_rows: int = 1024,
+    convention: Convention = "copairs",
 ) -> RetrievalResult:
-    """(N rows) profile table -> ``RetrievalResult`` under the module's protocol; memory O(block_rows x N).
+    """(N rows) profile table -> ``RetrievalResult`` under the module's protocol and ``convention``;
+    memory O(block_rows x N).
 
-    Raises InputError only for unusable input (missing columns, NaN treatment profiles); degenerate
-    but valid input gives an empty result with a message.
+    Raises InputError only for unusable input (missing columns, NaN treatment profiles, unknown
+    convention); degenerate but valid input gives an empty result with a message.
     """
+    if convention not in CONVENTIONS:
+        raise InputError(f"unknown convention {convention!r}; expected one of {', '.join(CONVENTIONS)}")
     names = feature_columns(table, features)
-    settings: dict[str, Any] = {
-        "id_column": id_col,
-        "annotation": annotation,
-        "annotation_separator": sep,
-        "similarity": "cosine",
-        "aggregation": "mean of rows sharing the id",
-        "average_precision": AP_RULE,
-        "average_precision_interpolated": AP_INTERPOLATED_RULE,
-        "ties": "positives first (as copairs)",
-        "foe_percentile": percentile,
-        "foe_infinite_odds_rule": INFINITE_ODDS_RULE,
-        "unannotated_treatments": "excluded as queries and as library members",
-    }
+    settings = _settings(convention, id_col, annotation, sep, percentile)
     treatments = collapse_by_id(table, id_col=id_col, features=names, annotations=[annotation])
     labels = label_sets(treatments[annotation], sep=sep)
     annotated = np.array([len(x) > 0 for x in labels], dtype=bool)
@@ -233,7 +276,13 @@ def evaluate_retrieval(
     n = len(treatments)
     if n < 2:
         return _empty(
-            id_col, annotation, n, n_unannot, settings, f"{n} annotated treatment(s): nothing to retrieve"
+            id_col,
+            annotation,
+            n,
+            n_unannot,
+            settings,
+            f"{n} annotated treatment(s): nothing to retrieve",
+            convention,
         )
     values = feature_matrix(treatments, names)
     if np.isnan(values).any():
@@ -249,8 +298,9 @@ def evaluate_retrieval(
             n_unannot,
             settings,
             f"no two of the {n} treatments share a {annotation} value",
+            convention,
         )
-    unit = normalize_rows(values)
+    unit = normalize_rows(values, dtype=np.float64 if convention == "paper" else np.float32)
     parts: dict[str, list[np.ndarray]] = {
         k: [] for k in ("ap", "api", "pr", "thr", "tab", "odds", "corr", "p", "npos")
     }
@@ -258,14 +308,25 @@ def evaluate_retrieval(
         rows = queries[start : start + block_rows]
         keep = np.ones((len(rows), n), dtype=bool)
         keep[np.arange(len(rows)), rows] = False
-        scores = (unit[rows] @ unit.T)[keep].reshape(len(rows), n - 1)
+        similarities = unit[rows] @ unit.T
+        scores = similarities[keep].reshape(len(rows), n - 1)
         pos = positives[rows][keep].reshape(len(rows), n - 1)
-        relevance = rank_relevance(scores, pos)
-        foe = folds_of_enrichment(scores, pos, percentile=percentile)
+        if convention == "paper":
+            similarities[np.arange(len(rows)), rows] = -1.0  # the query stays in its ranking as a non-match
+            ap, curves = paper.paper_average_precision(
+                similarities, positives[rows], n_points=n, grid=RECALL_GRID
+            )
+            ap_interpolated = ap
+        else:
+            relevance = rank_relevance(scores, pos)
+            ap = average_precision(relevance)
+            ap_interpolated = interpolated_average_precision(relevance)
+            curves = precision_recall_curves(relevance)
+        foe = folds_of_enrichment(scores, pos, percentile=percentile, convention=convention)
         for key, value in (
-            ("ap", average_precision(relevance)),
-            ("api", interpolated_average_precision(relevance)),
-            ("pr", precision_recall_curves(relevance)),
+            ("ap", ap),
+            ("api", ap_interpolated),
+            ("pr", curves),
             ("thr", foe.threshold),
             ("tab", foe.tables),
             ("odds", foe.odds_ratio),
@@ -288,17 +349,30 @@ def evaluate_retrieval(
     per_query["foe_corrected"] = cat["corr"]
     per_query["foe_p_value"] = cat["p"]
     odds = cat["odds"]
+    has_ap = np.isfinite(cat["ap"])
+    message = ""
+    if not has_ap.any():
+        message = (
+            f"no treatment shares a {annotation} value with two or more others: "
+            "the paper convention's mAP has no query"
+        )
+        logger.warning("retrieval evaluation: %s", message)
     return RetrievalResult(
         per_query=per_query,
-        mean_average_precision=float(np.mean(cat["ap"])),
-        mean_average_precision_interpolated=float(np.mean(cat["api"])),
+        mean_average_precision=float(np.mean(cat["ap"][has_ap])) if has_ap.any() else math.nan,
+        mean_average_precision_interpolated=float(np.mean(cat["api"][has_ap])) if has_ap.any() else math.nan,
         folds_of_enrichment=float(np.nanmean(odds)) if np.isfinite(odds).any() else math.nan,
         n_queries=len(queries),
+        n_queries_average_precision=int(has_ap.sum()),
         n_treatments=n,
         n_excluded_unannotated=n_unannot,
         n_odds_ratio_infinite=int(cat["corr"].sum()),
         n_odds_ratio_undefined=int(np.isnan(odds).sum()),
-        precision_at_recall=cat["pr"].mean(axis=0),
+        precision_at_recall=(
+            cat["pr"][has_ap].mean(axis=0) if has_ap.any() else np.full(len(RECALL_GRID), np.nan)
+        ),
         curves=cat["pr"],
         settings=settings,
+        message=message,
+        convention=convention,
     )

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cpcnn._types import CONVENTIONS, Convention
 from cpcnn.errors import InputError
 from cpcnn.metrics.retrieval import RetrievalResult, evaluate_retrieval
 from cpcnn.profiles.sphering import ControlSelector, Method, fit_sphering_path
@@ -28,6 +29,7 @@ class SweepPoint:
     folds_of_enrichment: float
     n_queries: int
     rank_deficient: bool = False
+    n_queries_average_precision: int = 0
 
     @classmethod
     def of(cls, lam: float | None, result: RetrievalResult, rank_deficient: bool = False) -> SweepPoint:
@@ -39,6 +41,7 @@ class SweepPoint:
             folds_of_enrichment=result.folds_of_enrichment,
             n_queries=result.n_queries,
             rank_deficient=rank_deficient,
+            n_queries_average_precision=result.n_queries_average_precision,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -53,6 +56,7 @@ class SweepPoint:
             "mean_average_precision_interpolated": num(self.mean_average_precision_interpolated),
             "folds_of_enrichment": num(self.folds_of_enrichment),
             "n_queries": self.n_queries,
+            "n_queries_average_precision": self.n_queries_average_precision,
             "rank_deficient": self.rank_deficient,
         }
 
@@ -64,6 +68,7 @@ class SweepResult:
     points: tuple[SweepPoint, ...]
     baseline: SweepPoint
     settings: dict[str, Any] = field(default_factory=dict)
+    convention: Convention = "copairs"
 
     def best(self, metric: str = "mean_average_precision") -> SweepPoint | None:
         """The point with the highest finite ``metric`` (None if none is finite)."""
@@ -71,9 +76,10 @@ class SweepResult:
         return max(finite, key=lambda p: getattr(p, metric)) if finite else None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready sweep: points, baseline, best lambda by mAP, settings."""
+        """JSON-ready sweep: convention, points, baseline, best lambda by mAP, settings."""
         best = self.best()
         return {
+            "convention": self.convention,
             "points": [p.to_dict() for p in self.points],
             "baseline": self.baseline.to_dict(),
             "best_lambda_by_map": best.lam if best else None,
@@ -91,11 +97,15 @@ def sweep_lambda(
     method: Method = "zca",
     sep: str | None = "|",
     features: Sequence[str] | None = None,
+    convention: Convention = "copairs",
 ) -> SweepResult:
     """(N rows) well profiles -> metrics of the treatment profiles after sphering with each lambda.
 
-    Raises InputError for an empty lambda list or any lambda <= 0 (and as ``fit_sphering`` does).
+    Raises InputError for an empty lambda list, any lambda <= 0 or an unknown convention (and as
+    ``fit_sphering`` does).
     """
+    if convention not in CONVENTIONS:
+        raise InputError(f"unknown convention {convention!r}; expected one of {', '.join(CONVENTIONS)}")
     if not lambdas:
         raise InputError("no lambda values given")
     transforms = fit_sphering_path(
@@ -104,7 +114,9 @@ def sweep_lambda(
     names = list(transforms[0].features)
 
     def evaluate(profiles: pd.DataFrame) -> RetrievalResult:
-        return evaluate_retrieval(profiles, id_col=id_col, annotation=annotation, sep=sep, features=names)
+        return evaluate_retrieval(
+            profiles, id_col=id_col, annotation=annotation, sep=sep, features=names, convention=convention
+        )
 
     baseline = SweepPoint.of(None, evaluate(table))
     points = tuple(
@@ -120,4 +132,4 @@ def sweep_lambda(
         "n_features": len(names),
         "control_rank": transforms[0].rank,
     }
-    return SweepResult(points=points, baseline=baseline, settings=settings)
+    return SweepResult(points=points, baseline=baseline, settings=settings, convention=convention)

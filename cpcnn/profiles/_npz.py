@@ -1,18 +1,18 @@
 """DeepProfiler single-cell feature files (``features/{Plate}/{Well}/{Site}.npz``) -> profile tables.
 
-DeepProfiler stores each site's metadata as a pickled ``dict`` inside the ``.npz``. Plain ``pickle``
-would run whatever a crafted file asks for, so the ``metadata`` member is read with an unpickler that
-resolves only numpy's array-reconstruction globals (``_reconstruct``, ``ndarray``, ``dtype``,
-``scalar``); builtin containers need no globals. ``features`` and ``locations`` are plain numeric
-arrays and are read with ``allow_pickle=False``.
+Site files are untrusted input, so nothing in them reaches ``pickle`` or ``np.load``. The zip is
+bounded before anything is inflated (central directory size, member count, each member's declared
+size and compression ratio); ``features`` and ``locations`` are read by their ``.npy`` header, which
+must declare a plain numeric dtype and a shape that matches the member's size; the pickled
+``metadata`` dict is decoded by ``_npz_metadata``, which interprets pickle opcodes without running them.
 """
 
 from __future__ import annotations
 
-import importlib
 import io
-import pickle
+import struct
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,54 +21,120 @@ import numpy as np
 import pandas as pd
 
 from cpcnn._types import FEATURE_PREFIX
-from cpcnn.errors import InputError
+from cpcnn.errors import InputError, PayloadTooLarge
+from cpcnn.profiles._npz_metadata import MAX_METADATA_BYTES, parse_metadata_pickle
 
 METADATA_PREFIX = "Metadata_"
 
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-}
+#: Largest declared uncompressed size of one member (``features.npy``) of a site file.
+MAX_MEMBER_BYTES = 1 << 30
+#: Most a member may inflate relative to its compressed size (float features barely compress;
+#: a zip bomb inflates thousands of times). Members under ``_SMALL_MEMBER_BYTES`` are exempt.
+MAX_COMPRESSION_RATIO = 100
+_SMALL_MEMBER_BYTES = 1 << 20
+#: Most members and central-directory bytes a site file may have (DeepProfiler writes three).
+MAX_MEMBERS = 64
+_MAX_DIRECTORY_BYTES = 1 << 20
+_EOCD = b"PK\x05\x06"
+_NUMERIC_KINDS = "biuf"
 
 
-class _MetadataUnpickler(pickle.Unpickler):
-    """Unpickler that refuses every global except numpy's array reconstruction functions."""
+def _check_zip_directory(path: Path) -> None:
+    """Refuse a zip whose central directory is huge before ``zipfile`` parses it into objects."""
+    try:
+        with path.open("rb") as handle:
+            size = handle.seek(0, io.SEEK_END)
+            tail_size = min(size, 65_536 + 22)
+            handle.seek(size - tail_size)
+            tail = handle.read(tail_size)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc})") from exc
+    at = tail.rfind(_EOCD)
+    if at < 0 or len(tail) - at < 22:
+        raise InputError(f"{path}: not a readable .npz (no zip directory)")
+    entries, directory_bytes = struct.unpack("<HI", tail[at + 10 : at + 16])
+    if entries > MAX_MEMBERS or directory_bytes > _MAX_DIRECTORY_BYTES:
+        raise PayloadTooLarge(
+            f"{path}: zip directory lists {entries} members in {directory_bytes} bytes, over the limit of "
+            f"{MAX_MEMBERS} members"
+        )
 
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
-        if module.startswith("numpy.core.") and hasattr(np, "_core"):
-            module = "numpy._core." + module.removeprefix("numpy.core.")
-        return getattr(importlib.import_module(module), name)
+
+def _member_info(archive: zipfile.ZipFile, member: str, path: Path, *, limit: int) -> zipfile.ZipInfo:
+    """The member's ZipInfo once its declared size and compression ratio are within limits."""
+    info = archive.getinfo(member)
+    if info.file_size > limit:
+        raise PayloadTooLarge(f"{path}: '{member}' declares {info.file_size} bytes, over the limit of {limit}")
+    if info.file_size > max(_SMALL_MEMBER_BYTES, MAX_COMPRESSION_RATIO * info.compress_size):
+        raise PayloadTooLarge(
+            f"{path}: '{member}' inflates {info.compress_size} bytes to {info.file_size}, over the "
+            f"compression ratio limit of {MAX_COMPRESSION_RATIO}"
+        )
+    return info
+
+
+def _open_npy(archive: zipfile.ZipFile, member: str, path: Path, *, limit: int) -> tuple[Any, tuple[int, ...], bool, np.dtype]:
+    """Open a member and parse its ``.npy`` header -> (stream at the data, shape, fortran, dtype)."""
+    info = _member_info(archive, member, path, limit=limit)
+    stream = archive.open(info)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise InputError(f"{path}: unsupported .npy version {version} for '{member}'")
+    except InputError:
+        stream.close()
+        raise
+    except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
+        stream.close()
+        raise InputError(f"{path}: '{member}' has no readable .npy header ({exc})".splitlines()[0]) from exc
+    return stream, shape, fortran, dtype
+
+
+def _read_numeric(archive: zipfile.ZipFile, member: str, path: Path) -> np.ndarray:
+    """A numeric ``.npy`` member whose header shape matches its declared size, read without pickle."""
+    stream, shape, fortran, dtype = _open_npy(archive, member, path, limit=MAX_MEMBER_BYTES)
+    with stream:
+        if dtype.kind not in _NUMERIC_KINDS or dtype.hasobject or dtype.fields is not None or dtype.subdtype:
+            raise InputError(f"{path}: '{member}' is a {dtype} array, expected plain numbers")
+        if len(shape) > 2:
+            raise InputError(f"{path}: '{member}' has {len(shape)} dimensions, expected at most 2")
+        n_values = 1
+        for extent in shape:
+            n_values *= extent
+        expected = n_values * dtype.itemsize
+        available = archive.getinfo(member).file_size - stream.tell()
+        if expected != available:
+            raise InputError(
+                f"{path}: '{member}' header declares shape {shape} ({expected} bytes) but holds {available} bytes"
+            )
+        try:
+            raw = stream.read(expected)
+        except (OSError, EOFError, zlib.error, zipfile.BadZipFile, ValueError) as exc:
+            raise InputError(f"{path}: '{member}' is corrupt ({exc})".splitlines()[0]) from exc
+    if len(raw) != expected:
+        raise InputError(f"{path}: '{member}' is truncated")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape, order="F" if fortran else "C")
 
 
 def read_site_metadata(path: Path) -> dict[str, Any]:
-    """The ``metadata`` dict of one DeepProfiler ``.npz`` ({} when absent); never executes code."""
-    with zipfile.ZipFile(path) as archive:
-        if "metadata.npy" not in archive.namelist():
-            return {}
-        raw = io.BytesIO(archive.read("metadata.npy"))
-    version = np.lib.format.read_magic(raw)
-    if version == (1, 0):
-        _, _, dtype = np.lib.format.read_array_header_1_0(raw)
-    elif version == (2, 0):
-        _, _, dtype = np.lib.format.read_array_header_2_0(raw)
-    else:
-        raise InputError(f"{path}: unsupported .npy version {version} for 'metadata'")
-    if dtype != np.dtype(object):
-        raise InputError(f"{path}: 'metadata' is a {dtype} array, expected a pickled dict")
+    """The ``metadata`` dict of one DeepProfiler ``.npz`` ({} when absent); never unpickles."""
+    _check_zip_directory(path)
     try:
-        value = _MetadataUnpickler(raw).load()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
-        raise InputError(f"{path}: unreadable 'metadata' ({exc})") from exc
-    item = value.item() if isinstance(value, np.ndarray) and value.shape == () else value
-    if not isinstance(item, dict):
-        raise InputError(f"{path}: 'metadata' holds {type(item).__name__}, expected a dict")
-    return {str(k): v for k, v in item.items()}
+        with zipfile.ZipFile(path) as archive:
+            if "metadata.npy" not in archive.namelist():
+                return {}
+            stream, _shape, _fortran, dtype = _open_npy(archive, "metadata.npy", path, limit=MAX_METADATA_BYTES)
+            with stream:
+                if dtype != np.dtype(object):
+                    raise InputError(f"{path}: 'metadata' is a {dtype} array, expected a pickled dict")
+                pickled = stream.read(MAX_METADATA_BYTES + 1)
+    except (OSError, EOFError, zlib.error, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+        raise InputError(f"{path}: not a readable .npz ({exc})".splitlines()[0]) from exc
+    return parse_metadata_pickle(pickled, what=f"{path}: 'metadata'")
 
 
 def _path_metadata(path: Path, root: Path) -> dict[str, str]:
@@ -92,14 +158,17 @@ def npz_files(root: Path) -> list[Path]:
 
 def read_site(path: Path, root: Path | None = None) -> pd.DataFrame:
     """One site file -> (cells, Metadata_* + ``{Metadata_Model}_{i}`` float32) table, cells in file order."""
+    _check_zip_directory(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if "features" not in archive.files:
-                raise InputError(f"{path}: no 'features' array (keys: {', '.join(archive.files)})")
-            features = np.asarray(archive["features"], dtype=np.float32)
-            locations = np.asarray(archive["locations"]) if "locations" in archive.files else None
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise InputError(f"{path}: not a readable .npz ({exc})") from exc
+        with zipfile.ZipFile(path) as archive:
+            members = archive.namelist()
+            if "features.npy" not in members:
+                keys = ", ".join(m.removesuffix(".npy") for m in members)
+                raise InputError(f"{path}: no 'features' array (keys: {keys})")
+            features = _read_numeric(archive, "features.npy", path).astype(np.float32)
+            locations = _read_numeric(archive, "locations.npy", path) if "locations.npy" in members else None
+    except (OSError, EOFError, zlib.error, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+        raise InputError(f"{path}: not a readable .npz ({exc})".splitlines()[0]) from exc
     if features.ndim != 2:
         raise InputError(f"{path}: 'features' has shape {features.shape}, expected (cells, features)")
     meta = {**(_path_metadata(path, root) if root else {}), **read_site_metadata(path)}

@@ -21,7 +21,7 @@ import pandas as pd
 
 from cpcnn._types import F32Array, F64Array, I64Array
 from cpcnn.errors import InputError
-from cpcnn.profiles.tables import COUNT_CELLS, COUNT_ROWS, feature_columns, feature_matrix
+from cpcnn.profiles.tables import COUNT_CELLS, COUNT_ROWS, check_finite, feature_columns, feature_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -179,9 +179,15 @@ def collapse_by_id(
     missing = [c for c in annotations if c not in table.columns]
     if missing:
         raise InputError(f"annotation columns not in the table: {', '.join(missing)}")
+    described = [c for c in dict.fromkeys((id_col, *annotations)) if c in set(features)]
+    if described:
+        raise InputError(
+            f"{', '.join(described)} is a feature column; ids and annotations must be Metadata_* columns"
+        )
     table = table.loc[table[id_col].notna()]
     codes, keys = group_codes(table.loc[:, [id_col]])
     values = feature_matrix(table, features)
+    check_finite(values, features, what="profiles")
     n_rows = np.bincount(codes, minlength=len(keys))
     if len(table) == len(keys):
         means = values[np.argsort(codes, kind="stable")]

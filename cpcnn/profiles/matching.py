@@ -23,7 +23,7 @@ from cpcnn._types import F32Array, I64Array
 from cpcnn.errors import ConflictError, InputError
 from cpcnn.profiles.aggregate import collapse_by_id
 from cpcnn.profiles.similarity import normalize_rows, top_k_cosine
-from cpcnn.profiles.tables import PathLike, check_same_features, feature_columns, feature_matrix
+from cpcnn.profiles.tables import PathLike, check_finite, check_same_features, feature_columns, feature_matrix
 
 _FORMAT = "cpcnn-library/1"
 _META = "library.json"
@@ -179,7 +179,9 @@ class Library:
             raise InputError(f"leave-one-out needs a query id column (the library's is {self.id_column!r})")
         query_ids = queries[id_col].to_numpy() if id_col is not None else np.arange(len(queries))
         exclude = self.rows_of(query_ids.tolist()) if leave_one_out else None
-        scores, rows = self.search(feature_matrix(queries, self.feature_names), k=k, exclude=exclude)
+        values = feature_matrix(queries, self.feature_names)
+        check_finite(values, self.feature_names, what="query profiles", allow_nan=False)
+        scores, rows = self.search(values, k=k, exclude=exclude)
         k_eff = rows.shape[1]
         flat = rows.ravel()
         out = pd.DataFrame(

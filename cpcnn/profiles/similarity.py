@@ -16,14 +16,16 @@ BLOCK_ROWS = 32_768
 _SEGMENT = 256
 
 
-def normalize_rows(rows: np.ndarray, *, eps: float = 1e-12) -> F32Array:
-    """(N, D) float -> (N, D) float32 unit rows; rows with norm < eps (or NaN) become all-zero rows."""
-    x = np.asarray(rows, dtype=np.float32)
+def normalize_rows(
+    rows: np.ndarray, *, eps: float = 1e-12, dtype: type[np.floating] = np.float32
+) -> np.ndarray:
+    """(N, D) float -> (N, D) unit rows (float32, or ``dtype``); rows with norm < eps (or NaN) become all-zero rows."""
+    x = np.asarray(rows, dtype=dtype)
     norms = np.linalg.norm(x.astype(np.float64), axis=1)
     ok = np.isfinite(norms) & (norms >= eps)
     scale = np.zeros(len(x), dtype=np.float64)
     scale[ok] = 1.0 / norms[ok]
-    out = (x * scale[:, None].astype(np.float32)).astype(np.float32)
+    out = (x * scale[:, None].astype(dtype)).astype(dtype)
     out[~ok] = 0.0
     return out
 

@@ -30,6 +30,7 @@ from cpcnn._types import F32Array, F64Array
 from cpcnn.errors import InputError
 from cpcnn.profiles.tables import (
     PathLike,
+    check_finite,
     check_same_features,
     feature_columns,
     feature_matrix,
@@ -116,10 +117,15 @@ def whitening_matrix(eigvals: F64Array, eigvecs: F64Array, *, lam: float) -> F64
     return (eigvecs * (1.0 / np.sqrt(eigvals + lam))) @ eigvecs.T
 
 
+#: The smallest lambda: below the smallest normal float64, 1/sqrt(lambda) loses precision and the
+#: whitened values overflow.
+MIN_LAMBDA = float(np.finfo(np.float64).tiny)
+
+
 def check_lambda(lam: float) -> None:
-    """InputError unless lambda is a finite number > 0 (it regularizes zero eigenvalues)."""
-    if not np.isfinite(lam) or lam <= 0:
-        raise InputError(f"lambda must be a positive number, got {lam}")
+    """InputError unless lambda is a finite, positive normal float (it regularizes zero eigenvalues)."""
+    if not np.isfinite(lam) or lam < MIN_LAMBDA:
+        raise InputError(f"lambda must be a positive number (finite, at least {MIN_LAMBDA:.4g}), got {lam}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,14 +149,30 @@ class Sphering:
         return self.rank < len(self.features)
 
     def transform(self, values: np.ndarray) -> F32Array:
-        """(N, D) float -> (N, D) float32 sphered; rows with NaN give NaN rows. Deterministic."""
+        """(N, D) float -> (N, D) float32 sphered; rows with NaN give NaN rows. Deterministic.
+
+        Raises InputError for infinite inputs, and when a finite row would leave float32's range
+        (a lambda far too small for the data): a table of infinities is never returned.
+        """
         x = np.asarray(values, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != len(self.features):
             raise InputError(f"expected (rows, {len(self.features)}) features, got shape {x.shape}")
+        check_finite(x, self.features, what="profiles to sphere")
+        missing = np.isnan(x).any(axis=1)
         x = x - self.mean
         if self.std is not None:
             x = x / self.std
-        return (x @ np.asarray(self.matrix, dtype=np.float64)).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = (x @ np.asarray(self.matrix, dtype=np.float64)).astype(np.float32)
+        overflow = ~np.isfinite(out) & ~missing[:, None]
+        if overflow.any():
+            columns = np.flatnonzero(overflow.any(axis=0))
+            raise InputError(
+                f"sphering gives values that are not finite in float32 in {len(columns)} features "
+                f"(e.g. {', '.join(self.features[i] for i in columns[:3])}): lambda={self.lam:g} is too small "
+                "for this table; fit with a larger lambda"
+            )
+        return out
 
     def apply(self, table: pd.DataFrame, *, features: Sequence[str] | None = None) -> pd.DataFrame:
         """Table whose features (``feature_columns(table, features)``) are this transform's -> copy with
@@ -197,9 +219,7 @@ class Sphering:
             raise InputError(f"{path}: no such sphering file")
         try:
             with np.load(path, allow_pickle=False) as archive:
-                header = json.loads(str(archive["header"]))
-                if header.get("format") != _FORMAT:
-                    raise InputError(f"{path}: not a cpcnn sphering file (format {header.get('format')!r})")
+                header = _header(archive, path)
                 return cls(
                     method=header["method"],
                     mean=archive["mean"],
@@ -216,6 +236,54 @@ class Sphering:
             raise InputError(f"{path}: unreadable sphering file ({exc})") from exc
 
 
+def _header(archive: Any, path: Path) -> dict[str, Any]:
+    header: dict[str, Any] = json.loads(str(archive["header"]))
+    if header.get("format") != _FORMAT:
+        raise InputError(f"{path}: not a cpcnn sphering file (format {header.get('format')!r})")
+    return header
+
+
+@dataclass(frozen=True)
+class SpheringInfo:
+    """What a stored transform is, without its (D, D) matrix: for listings."""
+
+    method: str
+    lam: float
+    features: tuple[str, ...]
+    n_controls: int
+    rank: int
+    provenance: Mapping[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def rank_deficient(self) -> bool:
+        return self.rank < len(self.features)
+
+
+def read_sphering_info(path: PathLike) -> SpheringInfo:
+    """A sphering file's header and feature names; the mean and matrix members are never read.
+
+    An ``.npz`` is a zip: members are read on access, so this costs O(D) however large the matrix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such sphering file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            header = _header(archive, path)
+            return SpheringInfo(
+                method=header["method"],
+                lam=float(header["lambda"]),
+                features=tuple(str(f) for f in archive["features"]),
+                n_controls=int(header["n_controls"]),
+                rank=int(header["rank"]),
+                provenance=header.get("provenance", {}),
+                warnings=tuple(header.get("warnings", ())),
+            )
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"{path}: unreadable sphering file ({exc})") from exc
+
+
 def control_matrix(
     table: pd.DataFrame, controls: str | ControlSelector, features: Sequence[str] | None = None
 ) -> tuple[F64Array, list[str], ControlSelector]:
@@ -223,6 +291,7 @@ def control_matrix(
     selector = ControlSelector.parse(controls)
     names = feature_columns(table, features)
     values = feature_matrix(table.loc[selector.mask(table)], names).astype(np.float64)
+    check_finite(values, names, what=f"control rows {selector}")
     empty = np.asarray(np.isnan(values).all(axis=0), dtype=bool).tolist()
     all_nan = [n for n, col in zip(names, empty, strict=True) if col]
     if all_nan:
@@ -287,11 +356,18 @@ def _build(
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "controls": str(selector),
     }
+    with np.errstate(over="ignore"):
+        matrix = whitening_matrix(eigvals, eigvecs, lam=lam).astype(dtype)
+    if not np.isfinite(matrix).all():
+        raise InputError(
+            f"lambda={lam:g} gives a whitening matrix that is not finite in {np.dtype(dtype).name}; "
+            "fit with a larger lambda"
+        )
     return Sphering(
         method=method,
         mean=mean,
         std=std,
-        matrix=whitening_matrix(eigvals, eigvecs, lam=lam).astype(dtype),
+        matrix=matrix,
         lam=float(lam),
         features=tuple(names),
         n_controls=len(values),

@@ -12,15 +12,20 @@ profile. Features are float32. Readers accept CSV (``.csv``, ``.csv.gz``), Parqu
 
 from __future__ import annotations
 
+import csv
 import fnmatch
+import gzip
+import io
 import logging
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from cpcnn._types import F32Array
@@ -244,20 +249,111 @@ def feature_matrix(table: pd.DataFrame, features: Sequence[str]) -> F32Array:
     return np.ascontiguousarray(table.loc[:, list(features)].to_numpy(dtype=np.float32))
 
 
+def check_finite(values: np.ndarray, names: Sequence[str], *, what: str, allow_nan: bool = True) -> None:
+    """(rows, len(names)) values -> InputError naming the columns holding +-inf (and NaN unless ``allow_nan``).
+
+    Infinities poison every sum they enter (a mean, a covariance, a norm), so they are refused where
+    they come in rather than surfacing later as NaN results or a linear-algebra error.
+    """
+    bad = np.isinf(values) if allow_nan else ~np.isfinite(values)
+    columns = np.flatnonzero(bad.any(axis=0))
+    if len(columns):
+        shown = ", ".join(str(names[i]) for i in columns[:5])
+        more = f" (+{len(columns) - 5} more)" if len(columns) > 5 else ""
+        kind = "infinite values" if allow_nan else "NaN or infinite values"
+        raise InputError(
+            f"{what}: {kind} in features {shown}{more}; every feature must be finite"
+            + (" (or NaN where missing)" if allow_nan else "")
+        )
+
+
 def _with_float32_features(table: pd.DataFrame, features: Sequence[str]) -> pd.DataFrame:
     """Cast features to float32 in one block, keeping column order."""
     cast = {n: np.float32 for n in features if table[n].dtype != np.float32}
     return table.astype(cast) if cast else table
 
 
+def duplicate_names(names: Sequence[str]) -> list[str]:
+    """Names that occur more than once, sorted (linear time: tables can have 20,000+ columns)."""
+    return sorted(name for name, count in Counter(names).items() if count > 1)
+
+
+CsvSource = Path | bytes
+
+
+def _open_csv(source: CsvSource) -> BinaryIO:
+    if isinstance(source, bytes):
+        return io.BytesIO(source)
+    if source.name.lower().endswith(".gz"):
+        return gzip.open(source, "rb")  # type: ignore[return-value]
+    return source.open("rb")
+
+
+def csv_header(source: CsvSource, *, what: str) -> list[str]:
+    """The header row's names exactly as written (pandas would rename ``a``, ``a`` to ``a``, ``a.1``).
+
+    Duplicate names are an InputError: which of two same-named columns is meant cannot be known.
+    """
+    with _open_csv(source) as handle:
+        text = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")
+        try:
+            header = next(csv.reader(text), None)
+        except csv.Error as exc:
+            raise InputError(f"{what}: unreadable CSV header ({exc})") from exc
+    if not header:
+        raise InputError(f"{what}: the table is empty (no header row)")
+    duplicated = duplicate_names(header)
+    if duplicated:
+        raise InputError(f"{what}: duplicate column names: {', '.join(duplicated[:5])}")
+    return header
+
+
+def check_csv_rows(source: CsvSource, n_columns: int, *, what: str) -> None:
+    """InputError unless every row has exactly ``n_columns`` fields (pandas fills or shifts ragged rows)."""
+    ragged: list[int] = []
+
+    def on_invalid(row: pacsv.InvalidRow) -> str:
+        ragged.append(row.actual_columns)
+        return "skip"
+
+    names = [f"c{i}" for i in range(n_columns)]
+    with _open_csv(source) as handle:
+        reader = pacsv.open_csv(
+            handle,
+            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, use_threads=False),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_invalid),
+            convert_options=pacsv.ConvertOptions(include_columns=names[:1], column_types={names[0]: pa.binary()}),
+        )
+        for _ in reader:
+            if ragged:
+                break
+    if ragged:
+        raise InputError(
+            f"{what}: a row has {ragged[0]} fields but the header names {n_columns} columns (ragged CSV)"
+        )
+
+
+def read_csv_table(source: CsvSource, *, what: str) -> pd.DataFrame:
+    """CSV (path, ``.csv.gz`` path or bytes) -> DataFrame; duplicate header names or ragged rows are errors."""
+    header = csv_header(source, what=what)
+    try:
+        check_csv_rows(source, len(header), what=what)
+    except pa.ArrowInvalid as exc:
+        raise InputError(f"{what}: unreadable CSV ({str(exc).splitlines()[0][:200]})") from exc
+    with _open_csv(source) as handle:
+        return pd.read_csv(handle, encoding="utf-8", low_memory=False, index_col=False)
+
+
 def _read_one(path: Path) -> pd.DataFrame:
     fmt = table_format(path)
     try:
         if fmt == "csv":
-            return pd.read_csv(path)
+            return read_csv_table(path, what=str(path))
         if fmt == "parquet":
             return pd.read_parquet(path)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
+        if isinstance(exc, InputError):
+            raise
         raise InputError(f"{path}: unreadable {fmt} table ({exc})") from exc
     if path.is_file():
         return _npz.read_site(path, path.parent)
@@ -339,7 +435,8 @@ def table_kinds(path: PathLike, *, sample_rows: int = 1000) -> dict[str, bool]:
             for field in schema
         }
     if fmt == "csv":
-        return column_kinds(pd.read_csv(path, nrows=sample_rows))
+        csv_header(path, what=str(path))  # duplicate names are refused before pandas renames them
+        return column_kinds(pd.read_csv(path, nrows=sample_rows, index_col=False))
     first = path if path.is_file() else _npz.npz_files(path)[0]
     return column_kinds(_npz.read_site(first, path if path.is_dir() else first.parent))
 
@@ -389,7 +486,8 @@ def iter_feature_batches(
         yield from _parquet_batches(path, keys, features, batch_rows)
         return
     if fmt == "csv":
-        with pd.read_csv(path, usecols=[*keys, *features], chunksize=batch_rows) as reader:
+        check_csv_rows(path, len(csv_header(path, what=str(path))), what=str(path))
+        with pd.read_csv(path, usecols=[*keys, *features], chunksize=batch_rows, index_col=False) as reader:
             for chunk in reader:
                 yield chunk.loc[:, keys].reset_index(drop=True), feature_matrix(chunk, features)
         return

@@ -92,16 +92,14 @@ def prepare(sub: Submission, job_id: str, manifest: ModelManifest, limits: Limit
             text = sub.locations.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise InputError("locations must be UTF-8 text (CSV or JSON)") from exc
-        cells = parse_locations(text)
-        if len(cells) > limits.max_cells:
-            raise PayloadTooLarge(f"{len(cells)} locations is over the limit of {limits.max_cells} cells per job")
+        cells = parse_locations(text, max_cells=limits.max_cells)  # counted while parsing
         check_boxes_overlap(cells.centers, height, width, crop_size=manifest.crop_size)
     elif not sub.detect_nuclei:
         raise InputError("no locations: upload a 'locations' part (CSV or JSON) or set detect_nuclei=true")
     spec = JobSpec(
         id=job_id, model=manifest.name, normalization=sub.normalization or manifest.normalization,
         metadata=sub.metadata, detect_nuclei=sub.detect_nuclei,
-        n_locations=None if cells is None else len(cells),
+        n_locations=None if cells is None else len(cells), max_cells=limits.max_cells,
         image=ImageInfo(width=width, height=height, channels=list(manifest.channels)),
     )
     return spec, _compact(image), cells

@@ -16,7 +16,7 @@ from fastapi.routing import APIRoute
 from cpcnn import __version__
 from service.app import openapi, problems
 from service.app.deps import ServiceState
-from service.app.middleware import BodyLimit, RequestMetrics
+from service.app.middleware import ApiKeyGate, BodyLimit, RequestMetrics, TrustedHosts
 from service.app.routes import ROOT_ROUTERS, V1_ROUTERS
 from service.config import ApiSettings
 from service.metrics import ApiMetrics
@@ -62,6 +62,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         profiles = ProfileStore(settings.resolved_data_dir(), open_libraries=settings.open_libraries)
         service = ServiceState(settings=settings, models=settings.model_store(), jobs=jobs, queue=queue,
                                metrics=ApiMetrics(queue.snapshot), profiles=profiles)
+        settings.warn_if_open()
         queue.start()
         app.state.service = service
         janitor = asyncio.create_task(_prune_forever(jobs, settings))
@@ -81,6 +82,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         generate_unique_id_function=operation_id,
+        redirect_slashes=False,  # a redirect would echo the client's Host header back as an absolute URL
     )
     app.state.settings = settings
     app.state.service = None
@@ -90,9 +92,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         app.include_router(router, prefix=API_PREFIX)
     for router in ROOT_ROUTERS:
         app.include_router(router)
+    # Added innermost first: metrics -> Host check -> API key -> body limit -> routes.
     app.add_middleware(BodyLimit, max_bytes=lambda: settings.limits.max_upload_bytes)
+    app.add_middleware(ApiKeyGate, expected=lambda: _secret(settings), metrics_public=lambda: settings.metrics_public)
+    app.add_middleware(TrustedHosts, allowed=settings.allowed_hosts())
     app.add_middleware(RequestMetrics, metrics=lambda: _metrics_of(app))
     return app
+
+
+def _secret(settings: ApiSettings) -> str | None:
+    return settings.api_key.get_secret_value() if settings.api_key is not None else None
 
 
 def _metrics_of(app: FastAPI) -> ApiMetrics | None:

@@ -43,6 +43,7 @@ _HTTP_CODES = {
     404: ("Not found", "not_found"),
     405: ("Method not allowed", "method_not_allowed"),
     406: ("Not acceptable", "not_acceptable"),
+    408: ("Request timeout", "timeout"),
     413: ("Payload too large", "payload_too_large"),
     415: ("Unsupported media type", "unsupported_media"),
     422: ("Invalid input", "input_error"),
@@ -122,7 +123,7 @@ def install(app: FastAPI) -> None:
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": Problem, "description": title, "content": {MEDIA_PROBLEM: {}}}
     for status, (title, _) in _HTTP_CODES.items()
-    if status not in (405,)
+    if status not in (405, 408)
 }
 
 

@@ -30,7 +30,7 @@ from rq.worker import BaseWorker
 
 from service.config import WorkerSettings
 from service.queue import queue_name
-from service.redis_queue import WorkerRegistry, connect
+from service.redis_queue import RedisAttempts, WorkerRegistry, connect
 from service.storage import JobStore
 from service.worker.runtime import Runtime
 from service.worker.tasks import WorkerContext, set_context
@@ -224,7 +224,9 @@ def run_worker(settings: WorkerSettings) -> int:
     runtime = Runtime(settings.model_store(), settings.worker)
     runtime.batcher(settings.model)  # load + warm before taking any job
     loop = WorkerLoop(settings, runtime, jobs)
-    set_context(WorkerContext(jobs=jobs, runtime=runtime, name=loop.name))
+    attempts = RedisAttempts(loop.connection, ttl_s=settings.queue.data_ttl_s)
+    set_context(WorkerContext(jobs=jobs, runtime=runtime, name=loop.name, max_attempts=settings.queue.retries + 1,
+                              attempts=attempts))
 
     def request_stop(signum: int, frame: object) -> None:
         logger.info("worker %s: signal %d, finishing jobs in flight", loop.name, signum)

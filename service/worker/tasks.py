@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -28,13 +28,27 @@ logger = logging.getLogger(__name__)
 CROP_CHUNK = 64
 
 
+class AttemptCounter(Protocol):
+    """A durable count of a job's starts, shared by every process that may run the job."""
+
+    def begin(self, job_id: str) -> int:
+        """Count one more start of ``job_id`` atomically; returns the count, this start included."""
+
+
 @dataclass
 class WorkerContext:
-    """What a job needs from its process: the job store, the loaded models and a name for logs."""
+    """What a job needs from its process: the job store, the loaded models and a name for logs.
+
+    A job starts at most ``max_attempts`` times (1 + the queue's retries), counted before it runs:
+    by ``attempts`` when given (Redis, atomic across workers), else by the ``attempts`` field of its
+    ``state.json``. A job that keeps killing the process running it is failed, not run forever.
+    """
 
     jobs: JobStore
     runtime: Runtime
     name: str
+    max_attempts: int = 3
+    attempts: AttemptCounter | None = None
 
 
 _context: WorkerContext | None = None
@@ -63,12 +77,18 @@ def run_job(job_id: str, context: WorkerContext) -> dict[str, Any]:
         return {"job_id": job_id, "status": "deleted"}
     if state.status == JobStatus.SUCCEEDED and jobs.has_result(job_id):
         return {"job_id": job_id, "status": "succeeded", "n_cells": state.n_cells}
+    attempt = context.attempts.begin(job_id) if context.attempts is not None else state.attempts + 1
+    if attempt > context.max_attempts:
+        give_up(jobs, job_id, state, attempts=attempt - 1)
+        context.runtime.stats.inc("jobs_failed")
+        logger.error("job %s: gave up after %d attempts (the process running it died)", job_id, attempt - 1)
+        return {"job_id": job_id, "status": "failed"}
     started = utcnow()
     state = state.model_copy(update={
-        "status": JobStatus.RUNNING, "attempts": state.attempts + 1, "worker": context.name,
+        "status": JobStatus.RUNNING, "attempts": attempt, "worker": context.name,
         "started_at": started, "queue_wait_s": (started - spec.created_at).total_seconds(), "error": None,
     })
-    jobs.write_state(job_id, state)
+    jobs.write_state(job_id, state)  # durable before the job runs: a crash mid-job still counts
     context.runtime.stats.observe("queue_wait_seconds", state.queue_wait_s or 0.0)
     began = time.perf_counter()
     try:
@@ -102,7 +122,8 @@ def _embed(job_id: str, spec: JobSpec, context: WorkerContext) -> tuple[F32Array
             from cpcnn.nuclei import detect_nuclei
 
             dna = [c.lower() for c in embedder.manifest.channels].index("dna")
-            centers = detect_nuclei(image[:, :, dna])
+            limit = {"max_nuclei": spec.max_cells} if spec.max_cells is not None else {}
+            centers = detect_nuclei(image[:, :, dna], **limit)  # refuses before any per-cell array exists
     features = np.empty((centers.shape[0], embedder.feature_size), np.float32)
     buffer = _crop_buffer(embedder.manifest.crop_size, len(embedder.manifest.channels))
     for start in range(0, centers.shape[0], CROP_CHUNK):
@@ -154,18 +175,38 @@ def problem_for(exc: BaseException, job_id: str) -> Problem:
     return Problem(title="Job failed", status=500, detail=detail, code="job_failed", instance=f"/v1/jobs/{job_id}")
 
 
+def lost_problem(job_id: str, *, attempts: int | None = None) -> Problem:
+    """The worker process died while running the job; with ``attempts``, none are left."""
+    detail = "the worker running this job stopped"
+    if attempts is not None:
+        detail = f"gave up after {attempts} attempts: the worker process died while running it"
+    return Problem(title="Job failed", status=500, detail=detail, code="worker_lost", instance=f"/v1/jobs/{job_id}")
+
+
+def give_up(jobs: JobStore, job_id: str, state: JobState, *, attempts: int) -> None:
+    """Fail a job whose attempts are spent without running it again."""
+    failed = state.model_copy(update={
+        "status": JobStatus.FAILED, "attempts": attempts, "finished_at": utcnow(),
+        "error": lost_problem(job_id, attempts=attempts),
+    })
+    try:
+        jobs.write_state(job_id, failed)
+    except NotFoundError:
+        logger.info("job %s was deleted meanwhile", job_id)
+
+
 def record_failure(jobs: JobStore, job_id: str, exc: BaseException | None, *, final: bool) -> None:
-    """After a crash: back to queued when a retry follows, failed when none does."""
+    """After a crash (``exc``) or a lost worker (None): back to queued when a retry follows, failed when none does."""
     try:
         state = jobs.state(job_id)
     except NotFoundError:
         return
     if state.status == JobStatus.SUCCEEDED:
         return
-    error = problem_for(exc, job_id) if exc is not None else Problem(
-        title="Job failed", status=500, detail="the worker running this job stopped", code="worker_lost",
-        instance=f"/v1/jobs/{job_id}",
-    )
+    if exc is not None:
+        error = problem_for(exc, job_id)
+    else:
+        error = lost_problem(job_id, attempts=state.attempts if final else None)
     status = JobStatus.FAILED if final else JobStatus.QUEUED
     update: dict[str, Any] = {"status": status, "error": error}
     if final:

@@ -294,7 +294,8 @@ def test_async_client_on_the_asgi_app(tmp_path: Path) -> None:
     from service.app.main import create_app
     from service.config import ApiSettings
 
-    app = create_app(ApiSettings(env="dev", data_dir=tmp_path / "data", models_dir=tmp_path / "models"))
+    app = create_app(ApiSettings(env="dev", data_dir=tmp_path / "data", models_dir=tmp_path / "models",
+                                 trusted_hosts=["cpcnn.test"]))
     table = synthetic_profiles(seed=5)
 
     async def run() -> tuple[Any, ...]:
@@ -363,7 +364,8 @@ def test_async_features_on_the_asgi_app(tmp_path: Path) -> None:
     from service.app.main import create_app
     from service.config import ApiSettings
 
-    app = create_app(ApiSettings(env="dev", data_dir=tmp_path / "data", models_dir=tmp_path / "models"))
+    app = create_app(ApiSettings(env="dev", data_dir=tmp_path / "data", models_dir=tmp_path / "models",
+                                 trusted_hosts=["cpcnn.test"]))
     table = synthetic_profiles(seed=6).assign(extra=np.float32(1.5))  # numeric, but not a feature we want
 
     async def run() -> tuple[Any, ...]:
@@ -380,3 +382,34 @@ def test_async_features_on_the_asgi_app(tmp_path: Path) -> None:
     assert [c for c in sphered.columns if not c.startswith("Metadata_")] == FEATURES
     expected = evaluate_retrieval(table, id_col=ID, annotation=MOA, features=FEATURES)
     assert metrics["mean_average_precision"] == pytest.approx(expected.mean_average_precision, rel=1e-5)
+
+
+def test_evaluate_sends_the_convention(tmp_path: Path) -> None:
+    """Sync: the request carries ``convention``; async: the real app answers with that convention."""
+    from service.app.main import create_app
+    from service.config import ApiSettings
+
+    bodies: list[Any] = []
+    table = synthetic_profiles(seed=6)
+    answer = evaluate_retrieval(table, id_col=ID, annotation=MOA, convention="paper").to_dict()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return httpx.Response(200, json=answer | {"table_id": TABLE_ID})
+
+    with _client(handler) as client:
+        metrics = client.evaluate(TABLE_ID, id_col=ID, annotation=MOA, convention="paper")
+        client.evaluate(TABLE_ID, id_col=ID, annotation=MOA)
+    assert [b["convention"] for b in bodies] == ["paper", "copairs"] and metrics["convention"] == "paper"
+
+    app = create_app(ApiSettings(env="dev", data_dir=tmp_path / "data", models_dir=tmp_path / "models",
+                                 trusted_hosts=["cpcnn.test"]))
+
+    async def run() -> dict[str, Any]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with AsyncClient("http://cpcnn.test", transport=transport, retry=FAST) as client:
+                return await client.evaluate(table, id_col=ID, annotation=MOA, convention="paper")
+
+    served = asyncio.run(run())
+    assert served.pop("table_id") and served == answer

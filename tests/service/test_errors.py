@@ -149,7 +149,7 @@ def test_cell_limit(limited: httpx.Client) -> None:
     planes, centers = synthetic_site(size=128, n_cells=6)
     files = {name: (f"{name}.tif", tiff_bytes(p), "image/tiff") for name, p in planes.items()}
     files["locations"] = ("n.csv", locations_csv(centers), "text/csv")
-    _problem(limited.post("/v1/jobs", files=files), 413, "payload_too_large", "6 locations")
+    _problem(limited.post("/v1/jobs", files=files), 413, "payload_too_large", "locations", "limit of 4 cells")
 
 
 def test_api_key(make_settings: Callable[..., ApiSettings], site: dict[str, Any]) -> None:

@@ -381,9 +381,42 @@ def test_features_selection_on_every_profile_endpoint(served: tuple[httpx.Client
     assert evaluation.status_code == 200
     expected = evaluate_retrieval(table, id_col=ID, annotation=MOA, features="f*")
     assert evaluation.json()["mean_average_precision"] == pytest.approx(expected.mean_average_precision, rel=1e-5)
+    paper = client.post("/v1/evaluate", json={"table_id": stored["id"], "id_column": ID, "annotation": MOA,
+                                              "features": ["f*"], "convention": "paper"})
+    expected_paper = evaluate_retrieval(table, id_col=ID, annotation=MOA, features="f*", convention="paper")
+    assert paper.status_code == 200 and paper.json()["convention"] == "paper"
+    assert {k: v for k, v in paper.json().items() if k != "table_id"} == expected_paper.to_dict()
     unknown = client.post("/v1/evaluate", json={"table_id": stored["id"], "id_column": ID, "annotation": MOA,
                                                 "features": ["nope_*"]})
     assert unknown.status_code == 422 and "nope_*" in unknown.json()["detail"]
     huge = client.post("/v1/evaluate", json={"table_id": stored["id"], "id_column": ID, "annotation": MOA,
                                              "features": ["f0"] * 20_001})
     assert huge.status_code == 422
+
+
+def test_evaluate_convention(served: tuple[httpx.Client, FastAPI]) -> None:
+    """``convention`` selects the metric rules; the answer names it and equals the library's result."""
+    client, _ = served
+    angles = np.deg2rad([0, 15, 40, 70, 120, 210])  # hand-computed in test_metrics_conventions
+    table = pd.DataFrame(
+        {
+            "Metadata_id": [f"T{i}" for i in range(6)],
+            "Metadata_moa": ["a", "b", "a", "a|c", "c", "d"],
+            "f0": np.cos(angles).astype(np.float32),
+            "f1": np.sin(angles).astype(np.float32),
+        }
+    )
+    table_id = created(upload(client, parquet_bytes(table)))["id"]
+    body = {"table_id": table_id, "id_column": "Metadata_id", "annotation": "Metadata_moa"}
+    default = client.post("/v1/evaluate", json=body).json()
+    paper = client.post("/v1/evaluate", json=body | {"convention": "paper"}).json()
+    assert default["convention"] == "copairs" and paper["convention"] == "paper"
+    assert paper["mean_average_precision"] == pytest.approx(53 / 72) and paper["folds_of_enrichment"] == 1.5
+    assert (paper["n_queries"], paper["n_queries_average_precision"]) == (4, 3)
+    for raw, convention in ((default, "copairs"), (paper, "paper")):
+        reference = evaluate_retrieval(
+            table, id_col="Metadata_id", annotation="Metadata_moa", convention=convention
+        ).to_dict()
+        assert {k: v for k, v in raw.items() if k != "table_id"} == reference
+    bad = client.post("/v1/evaluate", json=body | {"convention": "nature"})
+    assert bad.status_code == 422 and "convention" in bad.text

@@ -43,7 +43,12 @@ def _evaluate(service: ServiceState, body: EvaluateRequest) -> Evaluation:
             "use 'cpcnn evaluate' for larger tables"
         )
     result = evaluate_retrieval(
-        table, id_col=body.id_column, annotation=body.annotation, sep=body.separator, features=body.features
+        table,
+        id_col=body.id_column,
+        annotation=body.annotation,
+        sep=body.separator,
+        features=body.features,
+        convention=body.convention,
     )
     if result.n_queries == 0:
         raise InputError(f"nothing to evaluate: {result.message}")

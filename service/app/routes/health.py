@@ -1,4 +1,9 @@
-"""Liveness, readiness and Prometheus metrics; health endpoints never need the API key."""
+"""Liveness, readiness and Prometheus metrics.
+
+``/healthz`` and ``/readyz`` need neither the API key nor a trusted Host, so they say only what a load
+balancer needs; the version, workers (host, pid, provider), queue depth and reasons go to callers with
+the key (when the server has none, to callers using a trusted Host).
+"""
 
 from __future__ import annotations
 
@@ -13,20 +18,33 @@ from cpcnn import __version__
 from cpcnn.errors import UnavailableError
 from cpcnn.schemas import Health, Readiness
 from service.app.deps import ServiceDep, ServiceState, require_api_key
+from service.app.middleware import host_allowed, host_name, key_matches
+
+#: What /readyz tells a caller without the key.
+_PUBLIC_READINESS = {"ready", "queue", "queue_reachable"}
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Health, summary="The process is up")
-async def healthz() -> Health:
-    return Health(version=__version__)
+def authorized(request: Request) -> bool:
+    """Whether this caller may see details: the key matches, or the server has none and the Host is trusted."""
+    settings = request.app.state.settings
+    if settings.api_key is not None:
+        return key_matches(settings.api_key.get_secret_value(), request.headers.get("x-api-key"))
+    return host_allowed(host_name(request.headers.get("host", "")), settings.allowed_hosts())
+
+
+@router.get("/healthz", response_model=Health, response_model_exclude_none=True, summary="The process is up")
+async def healthz(request: Request) -> Health:
+    return Health(version=__version__ if authorized(request) else None)
 
 
 @router.get("/readyz", response_model=Readiness, summary="Ready to embed",
             responses={503: {"model": Readiness, "description": "not ready; `reasons` says why"}})
-async def readyz(service: ServiceDep) -> JSONResponse:
+async def readyz(request: Request, service: ServiceDep) -> JSONResponse:
     readiness = await run_in_threadpool(check_ready, service)
-    return JSONResponse(readiness.model_dump(mode="json"), status_code=200 if readiness.ready else 503)
+    shown = None if authorized(request) else _PUBLIC_READINESS
+    return JSONResponse(readiness.model_dump(mode="json", include=shown), status_code=200 if readiness.ready else 503)
 
 
 def check_ready(service: ServiceState) -> Readiness:

@@ -7,7 +7,7 @@ import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
@@ -32,7 +32,7 @@ from cpcnn.schemas import (
 from service.app.deps import ApiKeyDep, ServiceDep, ServiceState
 from service.app.intake import Submission, job_id_for, prepare, read_part, site_metadata
 from service.app.problems import problem_responses
-from service.app.results import negotiate, parquet_bytes
+from service.app.results import StoredResult, json_chunks, negotiate, parquet_file
 from service.storage import check_job_id
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[ApiKeyDep])
@@ -93,7 +93,8 @@ async def create_job(
     try:
         manifest = service.models.get(sub.model).manifest
     except (NotFoundError, InputError) as exc:
-        raise InputError(f"unknown model {sub.model!r}: {exc}") from exc
+        known = ", ".join(m.name for m in await run_in_threadpool(service.models.list)) or "none"
+        raise InputError(f"unknown model {sub.model!r} (known: {known}); GET /v1/models lists them") from exc
     job_id = await run_in_threadpool(job_id_for, sub)
     if not _reuse_existing(service, job_id):
         await _create(service, sub, job_id, manifest)
@@ -143,18 +144,15 @@ async def get_result(
     if media == MEDIA_NPY:
         return FileResponse(service.jobs.features_path(job_id), media_type=MEDIA_NPY,
                             filename=f"{job_id}-features.npy")
-    features, cells = await run_in_threadpool(service.jobs.load_result, job_id)
-    if media == MEDIA_PARQUET:
-        body = await run_in_threadpool(parquet_bytes, features, cells, job, manifest_prefix)
-        return Response(body, media_type=MEDIA_PARQUET,
-                        headers={"Content-Disposition": f'attachment; filename="{job_id}-cells.parquet"'})
-    result = CellsResult(
-        job_id=job_id, model=job.model, feature_prefix=manifest_prefix, metadata=job.metadata,
-        n_cells=int(features.shape[0]), feature_size=int(features.shape[1]),
-        locations=[(float(x), float(y)) for x, y in cells.centers],
-        object_numbers=cells.object_numbers.tolist(), features=features.tolist(),
-    )
-    return Response(result.model_dump_json(), media_type=MEDIA_JSON)
+    stored = StoredResult(service.jobs.folder(job_id))
+    try:
+        if media == MEDIA_PARQUET:
+            path = await run_in_threadpool(parquet_file, stored, job, manifest_prefix)
+            return FileResponse(path, media_type=MEDIA_PARQUET, filename=f"{job_id}-cells.parquet")
+        features, centers, object_numbers = await run_in_threadpool(stored.open)
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"job {job_id} has no result on disk") from exc
+    return StreamingResponse(json_chunks(job, manifest_prefix, features, centers, object_numbers), media_type=MEDIA_JSON)
 
 
 @router.delete("/{job_id}", status_code=204, summary="Delete a job and its files",

@@ -146,13 +146,28 @@ def _inline_queries(profiles: InlineProfiles, library: Library) -> pd.DataFrame:
             f"feature mismatch with the library: queries have {width} features, the library has "
             f"{len(library.feature_names)} (send them in the library's feature_names order)"
         )
-    values = np.asarray(profiles.features, dtype=np.float32)
+    values = _float32_rows(profiles.features)
     frame = pd.DataFrame(values, columns=list(library.feature_names))
     if profiles.ids is not None:
         if len(profiles.ids) != len(values):
             raise InputError(f"profiles.ids has {len(profiles.ids)} ids for {len(values)} feature rows")
         frame.insert(0, _INLINE_ID, pd.Series(profiles.ids, dtype=object))
     return frame
+
+
+def _float32_rows(rows: list[list[float]]) -> np.ndarray:
+    """Inline query rows -> (Q, D) float32; InputError naming the first value that is not a finite float32."""
+    values = np.asarray(rows, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        narrow = values.astype(np.float32)
+    bad = np.argwhere(~np.isfinite(narrow))
+    if len(bad):
+        row, column = (int(i) for i in bad[0])
+        raise InputError(
+            f"profiles.features row {row}, column {column} is {values[row, column]!r}: query features must be "
+            f"finite float32 values (|x| <= {float(np.finfo(np.float32).max):.4g}); {len(bad)} such values in all"
+        )
+    return narrow
 
 
 def _records(frame: pd.DataFrame, library: Library) -> list[dict[str, Any]]:

@@ -24,6 +24,6 @@ async def list_models(service: ServiceDep) -> ModelList:
 async def get_model(name: str, service: ServiceDep) -> ModelPublic:
     try:
         stored = await run_in_threadpool(service.models.get, name)
-    except InputError as exc:  # an impossible name cannot exist
-        raise NotFoundError(str(exc)) from exc
+    except (InputError, NotFoundError) as exc:  # an impossible name cannot exist; never show the store's path
+        raise NotFoundError(f"model {name!r} does not exist; GET /v1/models lists the models") from exc
     return ModelPublic.from_manifest(stored.manifest)

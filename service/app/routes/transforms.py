@@ -9,12 +9,15 @@ hashes the transform and table ids) and answers with that table; download its ro
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
-from cpcnn.errors import NotFoundError
+from cpcnn.errors import NotFoundError, PayloadTooLarge
 from cpcnn.profiles import ControlSelector, fit_sphering
+from cpcnn.profiles.sphering import check_lambda
+from cpcnn.profiles.tables import feature_columns, table_kinds
 from cpcnn.schemas import TablePublic, TableRef, TransformCreate, TransformList, TransformPublic
 from service.app.deps import ApiKeyDep, ServiceDep, ServiceState
 from service.app.problems import problem_responses
@@ -28,7 +31,7 @@ router = APIRouter(prefix="/transforms", tags=["transforms"], dependencies=[ApiK
     status_code=201,
     response_model=TransformPublic,
     summary="Fit a sphering transform (ZCA) on a table's control rows",
-    responses=problem_responses(401, 404, 422),
+    responses=problem_responses(401, 404, 413, 422),
 )
 async def create_transform(body: TransformCreate, response: Response, service: ServiceDep) -> TransformPublic:
     transform = await run_in_threadpool(_fit, service, body)
@@ -38,8 +41,10 @@ async def create_transform(body: TransformCreate, response: Response, service: S
 
 def _fit(service: ServiceState, body: TransformCreate) -> TransformPublic:
     store = service.profiles
+    check_lambda(body.lam)
     if not store.has_table(body.table_id):
         raise NotFoundError(f"table {body.table_id} does not exist")
+    _check_width(_n_selected(store.table_path(body.table_id), body.features), service.settings.limits.max_sphering_features)
     selector = ControlSelector.parse(body.controls)
     transform_id = artifact_id(
         "transform", body.table_id, str(selector), repr(float(body.lam)), body.method, *selection_key(body.features)
@@ -57,6 +62,20 @@ def _fit(service: ServiceState, body: TransformCreate) -> TransformPublic:
     )
     sphering = dataclasses.replace(sphering, provenance={**sphering.provenance, "table_id": body.table_id})
     return store.put_transform(sphering, transform_id)
+
+
+def _n_selected(path: Path, features: list[str] | None) -> int:
+    """How many features the fit would use (``features`` or the default rule), from the Parquet schema alone."""
+    return len(feature_columns(table_kinds(path), features))
+
+
+def _check_width(n_features: int, limit: int) -> None:
+    """Refuse before any row is read: the fit costs D^2 memory and D^3 time, the file 8 D^2 bytes."""
+    if n_features > limit:
+        raise PayloadTooLarge(
+            f"{n_features} features is over the limit of {limit} features for a sphering fit; "
+            "select fewer features (e.g. feature selection) first"
+        )
 
 
 @router.get("", response_model=TransformList, summary="List transforms", responses=problem_responses(401))
