@@ -122,8 +122,11 @@ def test_embed_other_formats_carry_the_same_metadata(
                                               "Metadata_Site": "s2", "Metadata_Model": "efficientnet"}
         np.testing.assert_array_equal(archive["object_numbers"], [9, 8, 7, 6, 5])
         np.testing.assert_array_equal(archive["locations"], centers)
-    table = read_profiles(out)  # the npz reader names the locations as the tables do
+    table = read_profiles(out)  # the npz reader names the locations and object numbers as the tables do
     np.testing.assert_array_equal(table["Metadata_Nuclei_Location_Center_Y"], centers[:, 1])
+    assert table["Metadata_ObjectNumber"].dtype == np.int64
+    assert table["Metadata_ObjectNumber"].tolist() == [9, 8, 7, 6, 5]
+    assert table["Metadata_Site"].tolist() == ["s2"] * 5  # not a number: stays text
     assert feature_columns(table) == [f"efficientnet_{i}" for i in range(672)]
 
 
@@ -134,3 +137,6 @@ def test_npz_metadata_site_is_an_integer(site: tuple, capsys: pytest.CaptureFixt
                capsys)[0] == 0
     with np.load(out, allow_pickle=True) as archive:
         assert archive["metadata"].item()["Metadata_Site"] == 3
+    table = read_profiles(out)  # read back as the Parquet and CSV outputs are: an integer site
+    assert table["Metadata_Site"].dtype == np.int64 and set(table["Metadata_Site"]) == {3}
+    assert table["Metadata_ObjectNumber"].tolist() == list(range(1, len(table) + 1))

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from cpcnn.errors import InputError
+from cpcnn.locations import Locations
 from cpcnn.profiles import feature_columns, read_profiles, write_profiles
 from cpcnn.profiles._npz import read_site_metadata
 
@@ -78,7 +79,7 @@ def test_reads_deepprofiler_npz_with_pycytominer_names(tmp_path: Path) -> None:
     table = read_profiles(tmp_path / "features")
     names = feature_columns(table)
     assert len(table) == 158 + 179 and names[0] == "efficientnet_0" and names[-1] == "efficientnet_6399"
-    assert table["Metadata_Site"].tolist() == ["5"] * 158 + ["8"] * 179
+    assert table["Metadata_Site"].tolist() == [5] * 158 + [8] * 179  # digit-only sites are integers
     assert (
         table["Metadata_Treatment"].iloc[0] == "DMSO@NA" and table["Metadata_Plate"].iloc[0] == "SQ00014812"
     )
@@ -87,6 +88,45 @@ def test_reads_deepprofiler_npz_with_pycytominer_names(tmp_path: Path) -> None:
         np.testing.assert_array_equal(
             table["Metadata_Nuclei_Location_Center_X"].to_numpy()[:158], raw["locations"][:, 0]
         )
+
+
+@pytest.mark.parametrize(
+    "numbers, message",
+    [
+        (np.array([1, 2, 2], np.int64), "object number 2 appears more than once"),
+        (np.array([1, 2], np.int64), "2 object numbers for 3 locations"),
+        (np.array([1.0, 2.0, 3.0]), "expected one integer per cell"),
+        (np.array([[1, 2, 3]], np.int64), "expected one integer per cell"),
+        (np.array([1, -2, 3], np.int64), "not a whole number >= 0"),
+    ],
+)
+def test_npz_object_numbers_are_checked(tmp_path: Path, numbers: np.ndarray, message: str) -> None:
+    path = tmp_path / "P1" / "A01" / "1.npz"
+    path.parent.mkdir(parents=True)
+    np.savez(path, features=np.ones((3, 2), np.float32), locations=np.zeros((3, 2)), object_numbers=numbers)
+    with pytest.raises(InputError, match=message):
+        read_profiles(tmp_path)
+
+
+def test_npz_object_numbers_and_site_read_as_the_other_formats(tmp_path: Path) -> None:
+    """Our npz writer's ``object_numbers`` -> int64 Metadata_ObjectNumber; a digit-only site -> int64,
+    as the Parquet and CSV outputs of the same cells give."""
+    from cpcnn.io.cells import write_cells
+
+    features = np.arange(6, dtype=np.float32).reshape(3, 2)
+    cells = Locations.numbered(np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), [7, 3, 11])
+    metadata = {"Metadata_Plate": "P1", "Metadata_Well": "A01", "Metadata_Site": "4"}
+    tables = {
+        suffix: read_profiles(write_cells(tmp_path / f"cells{suffix}", features, cells, metadata=metadata,
+                                          model_name="m"))
+        for suffix in (".npz", ".parquet", ".csv")
+    }
+    for suffix, table in tables.items():
+        assert table["Metadata_ObjectNumber"].dtype == np.int64, suffix
+        assert table["Metadata_ObjectNumber"].tolist() == [7, 3, 11], suffix
+        assert table["Metadata_Site"].dtype == np.int64 and table["Metadata_Site"].tolist() == [4] * 3, suffix
+        assert feature_columns(table) == ["efficientnet_0", "efficientnet_1"], suffix
+        np.testing.assert_array_equal(table["Metadata_Nuclei_Location_Center_X"], [1.0, 3.0, 5.0])
 
 
 @pytest.mark.skipif(not NPZ_DIR.is_dir(), reason="shared DeepProfiler example data not present")

@@ -191,6 +191,7 @@ def test_numpy_scalars_and_our_own_writer_round_trip(tmp_path: Path) -> None:
                                         "Metadata_Model": "efficientnet"}
     table = read_profiles(ours)
     np.testing.assert_array_equal(table.filter(like="efficientnet_").to_numpy(), features)
+    assert table["Metadata_ObjectNumber"].tolist() == [1, 2, 3, 4]  # our object_numbers member, read without pickle
 
 
 @pytest.mark.slow
