@@ -369,6 +369,15 @@ def test_features_selection_on_every_profile_endpoint(served: tuple[httpx.Client
     library = created(client.post("/v1/libraries", json={"table_id": stored["id"], "id_column": ID,
                                                          "annotations": [MOA], "features": ["f0", "f1"]}))
     assert library["feature_names"] == ["f0", "f1"]
+    # ids and annotations are refused when they are among the features used, and only then
+    by_area = client.post("/v1/libraries", json={"table_id": stored["id"], "id_column": "Cells_AreaShape_Area",
+                                                 "features": ["f*"]})
+    assert by_area.status_code == 201, by_area.text
+    selected_id = client.post("/v1/libraries", json={"table_id": stored["id"], "id_column": "f3", "features": ["f*"]})
+    assert selected_id.status_code == 422 and "f3 is a feature column" in selected_id.json()["detail"]
+    unselected = client.post("/v1/libraries", json={"table_id": stored["id"], "id_column": ID, "annotations": ["f3"],
+                                                    "features": ["f[01]"]})
+    assert unselected.status_code == 201, unselected.text
     match = f"/v1/libraries/{library['id']}/match"
     found = client.post(match, json={"table_id": stored["id"], "top_k": 2, "features": ["f[01]"]})
     assert found.status_code == 200 and found.json()["n_queries"] == len(table)

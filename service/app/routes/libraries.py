@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from cpcnn.errors import InputError
 from cpcnn.profiles import Library
 from cpcnn.profiles.matching import LIBRARY_ID, QUERY_ID, RANK, SCORE
+from cpcnn.profiles.tables import feature_columns, table_kinds
 from cpcnn.schemas import (
     MEDIA_JSON,
     InlineProfiles,
@@ -53,16 +54,19 @@ async def create_library(body: LibraryCreate, response: Response, service: Servi
 
 def _build(service: ServiceState, body: LibraryCreate) -> LibraryPublic:
     store = service.profiles
-    source = store.table_public(body.table_id)
+    store.table_public(body.table_id)  # 404 for an unknown table
     library_id = artifact_id(
         "library", body.table_id, body.id_column, json.dumps(body.annotations), *selection_key(body.features)
     )
     if store.has_library(library_id):
         return store.library_public(library_id)
-    features = [c for c in (body.id_column, *body.annotations) if c in set(source.feature_names)]
-    if features:
+    # Checked against the features this library would use (the selection, else the default rule), from the
+    # Parquet schema alone, before any row is read.
+    selected = set(feature_columns(table_kinds(store.table_path(body.table_id)), body.features))
+    described = [c for c in dict.fromkeys((body.id_column, *body.annotations)) if c in selected]
+    if described:
         raise InputError(
-            f"{', '.join(features)} is a feature column; ids and annotations must be Metadata_* columns"
+            f"{', '.join(described)} is a feature column; ids and annotations must be Metadata_* columns"
         )
     library = Library.from_profiles(
         store.read_table(body.table_id), id_col=body.id_column, annotations=body.annotations, features=body.features
