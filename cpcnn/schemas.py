@@ -126,6 +126,11 @@ class CellsResult(BaseModel):
     n_cells: int
     feature_size: int
     locations: list[tuple[float, float]] = Field(description="[x, y] per cell, x = column, y = row")
+    object_numbers: list[int] | None = Field(
+        default=None,
+        description="per cell: the uploaded ObjectNumber, else its 1-based position in the locations "
+        "(Metadata_ObjectNumber in tables)",
+    )
     features: list[list[float]]
 
 
@@ -159,6 +164,17 @@ class Readiness(BaseModel):
 # -- profiles: tables, sphering transforms, reference libraries, evaluation ------------------------
 
 _ID = "content hash of what made it (32 hex digits): the same request gives the same id"
+#: Most names/patterns in one feature selection (CellProfiler tables have a few thousand features).
+MAX_FEATURE_SELECTION = 20_000
+_FEATURES = (
+    "feature columns of the table to use: names and/or glob patterns such as efficientnet_*; "
+    "default: every numeric column not named Metadata_* (cell coordinates are never features)"
+)
+
+
+def _features_field() -> Any:
+    return Field(default=None, min_length=1, max_length=MAX_FEATURE_SELECTION, description=_FEATURES,
+                 examples=[["efficientnet_*"]])
 
 
 class TablePublic(BaseModel):
@@ -188,6 +204,7 @@ class TransformCreate(BaseModel):
     controls: str = Field(description="control rows as COLUMN=VALUE", examples=["Metadata_broad_sample=DMSO"])
     lam: float = Field(alias="lambda", gt=0, allow_inf_nan=False, description="absolute, added to eigenvalues")
     method: Literal["zca", "zca-cor"] = Field(default="zca", description="ZCA on covariance or correlation")
+    features: list[str] | None = _features_field()
 
 
 class TransformPublic(BaseModel):
@@ -221,6 +238,7 @@ class TableRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     table_id: str
+    features: list[str] | None = _features_field()
 
 
 class LibraryCreate(BaseModel):
@@ -231,6 +249,7 @@ class LibraryCreate(BaseModel):
     table_id: str
     id_column: str = Field(examples=["Metadata_broad_sample"])
     annotations: list[str] = Field(default_factory=list, description="columns returned with every match")
+    features: list[str] | None = _features_field()
 
 
 class LibraryPublic(BaseModel):
@@ -270,11 +289,14 @@ class MatchRequest(BaseModel):
     id_column: str | None = Field(default=None, description="query id column of the table (default: the library's)")
     top_k: int = Field(default=10, ge=1, le=1000)
     leave_one_out: bool = Field(default=False, description="never return the library row with the query's own id")
+    features: list[str] | None = _features_field()
 
     @model_validator(mode="after")
     def _one_source(self) -> MatchRequest:
         if (self.table_id is None) == (self.profiles is None):
             raise ValueError("send exactly one of table_id and profiles")
+        if self.features is not None and self.profiles is not None:
+            raise ValueError("features selects columns of a table_id; inline profiles are in the library's order")
         return self
 
 
@@ -304,6 +326,7 @@ class EvaluateRequest(BaseModel):
     id_column: str = Field(examples=["Metadata_broad_sample"])
     annotation: str = Field(examples=["Metadata_moa"])
     separator: str | None = Field(default="|", description="multi-value separator; null for none")
+    features: list[str] | None = _features_field()
     convention: Literal["copairs", "paper"] = Field(
         default="copairs",
         description="copairs: exact non-interpolated mAP, Haldane-Anscombe for infinite odds ratios; "

@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from cpcnn.errors import InputError, NotFoundError
 from cpcnn.profiles import Library, Sphering
 from cpcnn.profiles.sphering import read_sphering_info
-from cpcnn.profiles.tables import ROW_GROUP_ROWS, check_finite, feature_columns, metadata_columns
+from cpcnn.profiles.tables import ROW_GROUP_ROWS, check_finite, feature_columns, is_metadata, metadata_columns
 from cpcnn.schemas import LibraryPublic, TablePublic, TransformPublic
 from service.durable import STALE_TEMPORARY_S, remove_stale, replace_durably
 
@@ -54,6 +54,11 @@ def artifact_id(kind: str, *parts: str | bytes) -> str:
         blob = part if isinstance(part, bytes) else part.encode()
         digest.update(len(blob).to_bytes(8, "big") + blob)
     return digest.hexdigest()[:32]
+
+
+def selection_key(features: Sequence[str] | None) -> tuple[str, ...]:
+    """Id parts for a feature selection: none for the default, so ids made before selections existed hold."""
+    return () if features is None else ("features", json.dumps(list(features)))
 
 
 def check_id(artifact_id: str, kind: str) -> str:
@@ -130,14 +135,14 @@ class ProfileStore:
         schema = footer.schema.to_arrow_schema()
         info = json.loads((schema.metadata or {}).get(_TABLE_META, b"{}"))
         names = list(schema.names)
-        meta = [n for n in names if n.startswith("Metadata_")]
+        meta = [n for n in names if is_metadata(n)]
         return TablePublic(
             id=table_id,
             name=info.get("name", ""),
             n_rows=footer.num_rows,
             n_features=len(names) - len(meta),
             metadata_columns=meta,
-            feature_names=[n for n in names if not n.startswith("Metadata_")],
+            feature_names=[n for n in names if not is_metadata(n)],
             created_at=_when(info.get("created_at"), self.table_path(table_id)),
             provenance=info.get("provenance", {}),
         )

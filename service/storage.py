@@ -6,6 +6,7 @@ Layout, one folder per job id (a content hash, so the path is safe to build from
     jobs/<id>/state.json     JobState: where it is (rewritten atomically by the API and workers)
     jobs/<id>/image.npy      (H, W, C) pixels in model channel order; removed once the job succeeds
     jobs/<id>/centers.npy    (N, 2) float64 x, y; absent when nuclei are to be detected
+    jobs/<id>/objects.npy    (N,) int64 object numbers of the uploaded locations (result rows keep them)
     jobs/<id>/features.npy   (N, D) float32 result, rows in location order
     jobs/<id>/cells.npy      (N, 2) float64 centres of the result rows
 
@@ -27,8 +28,9 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field
 
-from cpcnn._types import F32Array, F64Array
+from cpcnn._types import F32Array, F64Array, I64Array
 from cpcnn.errors import NotFoundError
+from cpcnn.locations import Locations
 from cpcnn.schemas import ImageInfo, JobLinks, JobPublic, JobStatus, Problem
 from service.durable import STALE_TEMPORARY_S, remove_stale, replace_durably, write_bytes_durably
 
@@ -91,7 +93,7 @@ class JobStore:
     def exists(self, job_id: str) -> bool:
         return (self.folder(job_id) / "state.json").is_file()
 
-    def create(self, spec: JobSpec, image: np.ndarray, centers: F64Array | None) -> bool:
+    def create(self, spec: JobSpec, image: np.ndarray, cells: Locations | F64Array | None) -> bool:
         """Write a new job folder atomically; False if a job with this id already exists."""
         target = self.folder(spec.id)
         if target.exists():
@@ -99,8 +101,11 @@ class JobStore:
         staging = Path(tempfile.mkdtemp(prefix=f".{spec.id}-", dir=self.jobs_dir))
         try:
             np.save(staging / "image.npy", image, allow_pickle=False)
-            if centers is not None:
-                np.save(staging / "centers.npy", centers, allow_pickle=False)
+            if isinstance(cells, Locations):
+                np.save(staging / "centers.npy", cells.centers, allow_pickle=False)
+                np.save(staging / "objects.npy", cells.object_numbers, allow_pickle=False)
+            elif cells is not None:
+                np.save(staging / "centers.npy", cells, allow_pickle=False)
             (staging / "request.json").write_text(spec.model_dump_json())
             (staging / "state.json").write_text(JobState().model_dump_json())
             try:
@@ -167,12 +172,15 @@ class JobStore:
     def features_path(self, job_id: str) -> Path:
         return self.folder(job_id) / "features.npy"
 
-    def load_result(self, job_id: str) -> tuple[F32Array, F64Array]:
+    def load_result(self, job_id: str) -> tuple[F32Array, Locations]:
+        """Features and the cells they belong to: centres, and object numbers (uploaded ones, else
+        the 1-based row positions, e.g. for detected nuclei)."""
         folder = self.folder(job_id)
         try:
-            return np.load(folder / "features.npy"), np.load(folder / "cells.npy")
+            features, centers = np.load(folder / "features.npy"), np.load(folder / "cells.npy")
         except FileNotFoundError as exc:
             raise NotFoundError(f"job {job_id} has no result on disk") from exc
+        return features, Locations.numbered(centers, read_object_numbers(folder, len(centers)))
 
     def has_result(self, job_id: str) -> bool:
         return self.features_path(job_id).is_file()
@@ -211,3 +219,13 @@ class JobStore:
             return (self.folder(job_id) / name).read_text()
         except FileNotFoundError as exc:
             raise NotFoundError(f"job {job_id} does not exist") from exc
+
+
+def read_object_numbers(folder: Path, n_cells: int) -> I64Array:
+    """The (N,) object numbers of a job's result rows: the uploaded ones (``objects.npy``), else 1..N
+    (positions, e.g. for detected nuclei). The one rule for every result encoding."""
+    objects = folder / "objects.npy"
+    numbers = np.load(objects, allow_pickle=False) if objects.is_file() else None
+    if numbers is None or numbers.shape != (n_cells,):
+        return np.arange(1, n_cells + 1, dtype=np.int64)  # never mislabel cells (cannot happen for uploads)
+    return numbers.astype(np.int64, copy=False)

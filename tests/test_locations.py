@@ -78,3 +78,39 @@ def test_bad_json() -> None:
 def test_wrong_array_shape() -> None:
     with pytest.raises(InputError, match=r"\(N, 2\)"):
         read_locations(np.zeros((3, 3)))
+
+
+def test_object_numbers_from_the_input_or_by_position(tmp_path: Path) -> None:
+    from cpcnn.locations import load_locations
+
+    csv = b"ObjectNumber,Nuclei_Location_Center_X,Nuclei_Location_Center_Y\n7,1,2\n\n3,4,5\n"
+    cells = load_locations(csv)
+    assert cells.object_numbers.tolist() == [7, 3] and cells.centers.tolist() == [[1, 2], [4, 5]]
+    assert load_locations(b"Location_Center_X,Location_Center_Y\n1,2\n\n3,4\n").object_numbers.tolist() == [1, 2]
+    assert load_locations(np.zeros((3, 2))).object_numbers.tolist() == [1, 2, 3]
+    frame = pd.DataFrame({"Metadata_ObjectNumber": [5.0, 6.0], "Metadata_Nuclei_Location_Center_X": [1, 2],
+                          "Metadata_Nuclei_Location_Center_Y": [3, 4]})  # a cpcnn cells table as locations
+    assert load_locations(frame).object_numbers.tolist() == [5, 6]
+    assert load_locations(b'[{"x": 1, "y": 2, "ObjectNumber": 9}]').object_numbers.tolist() == [9]
+    assert load_locations(b'{"x": [1, 2], "y": [3, 4], "ObjectNumber": [4, 2]}').object_numbers.tolist() == [4, 2]
+    assert load_locations(b"[[1, 2], [3, 4]]").object_numbers.tolist() == [1, 2]
+    assert load_locations(b"ObjectNumber,Location_Center_X,Location_Center_Y\n").object_numbers.shape == (0,)
+    assert read_locations(csv).tolist() == [[1, 2], [4, 5]]  # centres alone, as before
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b"ObjectNumber,Location_Center_X,Location_Center_Y\n1,1,2\n1,3,4\n", "object number 1 appears more than once"),
+        (b"ObjectNumber,Location_Center_X,Location_Center_Y\n1.5,1,2\n", "'1.5' at row 0 is not a whole number"),
+        (b"ObjectNumber,Location_Center_X,Location_Center_Y\n-1,1,2\n", "'-1' at row 0"),
+        (b"ObjectNumber,Location_Center_X,Location_Center_Y\n,1,2\n", "'' at row 0"),
+        (b'[{"x": 1, "y": 2, "ObjectNumber": 1}, {"x": 1, "y": 2}]', "given for some locations but not all"),
+        (b'{"x": [1], "y": [2], "ObjectNumber": [1, 2]}', "2 object numbers for 1 locations"),
+    ],
+)
+def test_bad_object_numbers(text: bytes, message: str) -> None:
+    from cpcnn.locations import load_locations
+
+    with pytest.raises(InputError, match=message):
+        load_locations(text)

@@ -229,7 +229,7 @@ def test_cli_embed_matches_deepprofiler(
     assert table["Metadata_Well"].unique().tolist() == [str(site["well"])]
     assert table["Metadata_Model"].unique().tolist() == ["cnn1"]
     centers = read_locations(out / site["locations"])
-    assert np.array_equal(table[["Nuclei_Location_Center_X", "Nuclei_Location_Center_Y"]].to_numpy(), centers)
+    assert np.array_equal(table[["Metadata_Nuclei_Location_Center_X", "Metadata_Nuclei_Location_Center_Y"]].to_numpy(), centers)
 
     npz = np.load(tmp_path / "cells.npz", allow_pickle=True)
     assert relative_error(npz["features"], expected) <= TOLERANCE

@@ -26,7 +26,10 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     parser.add_argument("--stack", type=Path, help="one multi-page or 3-D TIFF holding all channels")
     parser.add_argument("--channel-order", help="names of the --stack planes as stored, e.g. DNA,RNA,ER,AGP,Mito")
-    parser.add_argument("--locations", required=True, type=Path, help="nuclei CSV (or JSON) with centre x/y columns")
+    parser.add_argument(
+        "--locations", required=True, type=Path,
+        help="nuclei CSV (or JSON) with centre x/y columns (and ObjectNumber, if any)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="output .parquet, .csv or DeepProfiler-style .npz")
     parser.add_argument("--plate", default="", help="Metadata_Plate to record")
     parser.add_argument("--well", default="", help="Metadata_Well to record")
@@ -58,7 +61,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from cpcnn.errors import InputError
     from cpcnn.io.cells import write_cells
     from cpcnn.io.images import parse_channel_args, read_site, read_stack
-    from cpcnn.locations import read_locations
+    from cpcnn.locations import load_locations
     from cpcnn.store import ModelStore
 
     model = ModelStore().resolve(args.model)
@@ -75,11 +78,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
         image = read_site(parse_channel_args(args.image), channel_order=channels, max_pixels=args.max_pixels)
     else:
         raise InputError(f"no image given: pass --image NAME=PATH for each of {', '.join(channels)}")
-    centers = read_locations(args.locations)
+    cells = load_locations(args.locations)
     embedder = Embedder(model, device=args.device, threads=args.threads, batch_size=args.batch_size)
-    features = embedder.embed_site(image, centers, normalization=args.normalization)
+    features = embedder.embed_site(image, cells.centers, normalization=args.normalization)
     metadata = {"Metadata_Plate": args.plate, "Metadata_Well": args.well, "Metadata_Site": args.site}
-    write_cells(args.out, features, centers, metadata=metadata, model_name=model.manifest.name,
+    write_cells(args.out, features, cells, metadata=metadata, model_name=model.manifest.name,
                 feature_prefix=model.manifest.feature_prefix)
     seconds = time.perf_counter() - started
     print(f"{features.shape[0]} cells x {features.shape[1]} features -> {args.out} ({seconds:.2f} s, "

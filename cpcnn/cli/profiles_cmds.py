@@ -39,7 +39,9 @@ def _sep(text: str) -> str | None:
 def cmd_aggregate(args: argparse.Namespace) -> int:
     from cpcnn.profiles import aggregate_files, write_profiles
 
-    result = aggregate_files(args.inputs, by=args.by, op=args.op, batch_rows=args.batch_rows)
+    result = aggregate_files(
+        args.inputs, by=args.by, op=args.op, features=args.features, batch_rows=args.batch_rows
+    )
     write_profiles(result.profiles, args.out)
     print(f"{result.summary()} -> {args.out}")
     return 0
@@ -48,9 +50,14 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 def cmd_sphering_fit(args: argparse.Namespace) -> int:
     from cpcnn.profiles import fit_sphering, read_profiles
 
-    table = read_profiles(args.profiles)
+    table = read_profiles(args.profiles, features=args.features)
     sphering = fit_sphering(
-        table, controls=args.controls, lam=args.lam, method=args.method, source=str(args.profiles)
+        table,
+        controls=args.controls,
+        lam=args.lam,
+        method=args.method,
+        features=args.features,
+        source=str(args.profiles),
     )
     sphering.save(args.out)
     print(
@@ -66,7 +73,7 @@ def cmd_sphering_apply(args: argparse.Namespace) -> int:
     from cpcnn.profiles import Sphering, read_profiles, write_profiles
 
     sphering = Sphering.load(args.transform)
-    out = sphering.apply(read_profiles(args.profiles))
+    out = sphering.apply(read_profiles(args.profiles, features=args.features), features=args.features)
     write_profiles(out, args.out)
     print(f"sphered {len(out)} rows x {len(sphering.features)} features -> {args.out}")
     return 0
@@ -77,13 +84,14 @@ def cmd_sphering_sweep(args: argparse.Namespace) -> int:
     from cpcnn.profiles import read_profiles
 
     sweep = sweep_lambda(
-        read_profiles(args.profiles),
+        read_profiles(args.profiles, features=args.features),
         controls=args.controls,
         lambdas=args.lambdas,
         id_col=args.id,
         annotation=args.annotation,
         method=args.method,
         sep=args.sep,
+        features=args.features,
         convention=args.convention,
     )
     _write_json(sweep.to_dict(), args.out)
@@ -107,7 +115,12 @@ def cmd_sphering_sweep(args: argparse.Namespace) -> int:
 def cmd_library_build(args: argparse.Namespace) -> int:
     from cpcnn.profiles import Library, read_profiles
 
-    library = Library.from_profiles(read_profiles(args.profiles), id_col=args.id, annotations=args.annotation)
+    library = Library.from_profiles(
+        read_profiles(args.profiles, features=args.features),
+        id_col=args.id,
+        annotations=args.annotation,
+        features=args.features,
+    )
     library.save(args.out)
     print(f"library of {len(library)} profiles x {len(library.feature_names)} features -> {args.out}")
     return 0
@@ -125,9 +138,16 @@ def cmd_match(args: argparse.Namespace) -> int:
             raise InputError(
                 "building a library from a table needs --library-id or --id (or pass a library folder)"
             )
-        library = Library.from_profiles(read_profiles(source), id_col=id_col, annotations=args.annotation)
-    queries = read_profiles(args.queries)
-    matches = library.match(queries, k=args.top_k, id_col=args.id, leave_one_out=args.leave_one_out)
+        library = Library.from_profiles(
+            read_profiles(source, features=args.features),
+            id_col=id_col,
+            annotations=args.annotation,
+            features=args.features,
+        )
+    queries = read_profiles(args.queries, features=args.features)
+    matches = library.match(
+        queries, k=args.top_k, id_col=args.id, leave_one_out=args.leave_one_out, features=args.features
+    )
     write_profiles(matches, args.out)
     print(f"{len(queries)} queries x top {args.top_k} against {len(library)} library profiles -> {args.out}")
     return 0
@@ -138,10 +158,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from cpcnn.profiles import read_profiles, write_profiles
 
     result = evaluate_retrieval(
-        read_profiles(args.profiles),
+        read_profiles(args.profiles, features=args.features),
         id_col=args.id,
         annotation=args.annotation,
         sep=args.sep,
+        features=args.features,
         convention=args.convention,
     )
     summary = result.to_dict()
@@ -168,6 +189,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_features_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--features",
+        type=_columns,
+        help="feature columns, comma-separated names or glob patterns (e.g. 'efficientnet_*'); "
+        "default: every numeric column not named Metadata_*",
+    )
+
+
 def _add_convention_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--convention",
@@ -180,6 +210,7 @@ def _add_convention_arg(p: argparse.ArgumentParser) -> None:
 
 def _add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("profiles", help="well-level profile table")
+    _add_features_arg(p)
     p.add_argument(
         "--controls", required=True, help="control rows, COLUMN=VALUE (e.g. Metadata_broad_sample=DMSO)"
     )
@@ -196,6 +227,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--op", choices=("median", "mean"), required=True, help="median (cells->site) or mean")
     p.add_argument("--out", required=True, help="output table (.parquet, or .csv/.csv.gz)")
     p.add_argument("--batch-rows", type=int, default=65_536, help="rows read per batch")
+    _add_features_arg(p)
     p.set_defaults(func=cmd_aggregate)
 
     sph = subparsers.add_parser("sphering", help="fit, apply or sweep a ZCA sphering transform")
@@ -211,6 +243,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("transform", help="transform .npz from 'sphering fit'")
     p.add_argument("profiles", help="profile table with the same feature names")
     p.add_argument("--out", required=True, help="output table")
+    _add_features_arg(p)
     p.set_defaults(func=cmd_sphering_apply)
     p = sph_sub.add_parser("sweep", help="retrieval metrics per lambda")
     _add_sweep_args(p)
@@ -232,6 +265,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--id", required=True, help="library id column")
     p.add_argument("--annotation", nargs="*", default=[], help="annotation columns to return with matches")
     p.add_argument("--out", required=True, help="library folder")
+    _add_features_arg(p)
     p.set_defaults(func=cmd_library_build)
 
     p = subparsers.add_parser("match", help="top-k cosine matches of queries against a library")
@@ -243,6 +277,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--annotation", nargs="*", default=[], help="annotation columns when LIBRARY is a table")
     p.add_argument("--leave-one-out", action="store_true", help="never match a query to its own id")
     p.add_argument("--out", required=True, help="long table of matches")
+    _add_features_arg(p)
     p.set_defaults(func=cmd_match)
 
     p = subparsers.add_parser("evaluate", help="mAP and folds of enrichment of treatment retrieval")
@@ -252,6 +287,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--sep", type=_sep, default="|", help="multi-value separator ('' for none)")
     _add_convention_arg(p)
     p.add_argument("--out", required=True, help="metrics JSON")
+    _add_features_arg(p)
     p.add_argument("--per-query", help="optional per-query table (.csv or .parquet)")
     p.add_argument("--plot", help="optional PNG report")
     p.set_defaults(func=cmd_evaluate)

@@ -23,6 +23,7 @@ from cpcnn.client._base import (
 from cpcnn.client._errors import JobTimeout, TransportError
 from cpcnn.client._progress import progress_bar
 from cpcnn.client._tables import (
+    FeaturesInput,
     TableInput,
     inline_profiles,
     match_body,
@@ -31,6 +32,7 @@ from cpcnn.client._tables import (
     ref,
     stored_table_id,
     table_upload,
+    with_features,
 )
 from cpcnn.schemas import (
     Evaluation,
@@ -163,7 +165,7 @@ class AsyncClient(BaseClient):
     # -- profiles: tables, sphering, libraries, evaluation --------------------------------------
 
     async def upload_table(
-        self, table: TableInput, *, features: Sequence[str] | None = None, name: str | None = None
+        self, table: TableInput, *, features: FeaturesInput = None, name: str | None = None
     ) -> TablePublic:
         """See ``Client.upload_table``."""
         upload = table_upload(table, features=features, name=name)
@@ -185,10 +187,11 @@ class AsyncClient(BaseClient):
         await self._send("DELETE", f"/v1/tables/{ref(table_id, 'table')}")
 
     async def fit_sphering(
-        self, table: TableInput, *, controls: str, lam: float, method: str = "zca"
+        self, table: TableInput, *, controls: str, lam: float, method: str = "zca", features: FeaturesInput = None
     ) -> TransformPublic:
         """See ``Client.fit_sphering``."""
         body = {"table_id": await self._table_id(table), "controls": controls, "lambda": lam, "method": method}
+        body = with_features(body, features)
         return TransformPublic.model_validate_json((await self._send("POST", "/v1/transforms", json=body)).content)
 
     async def transforms(self) -> list[TransformPublic]:
@@ -201,21 +204,22 @@ class AsyncClient(BaseClient):
     async def delete_transform(self, transform_id: Any) -> None:
         await self._send("DELETE", f"/v1/transforms/{ref(transform_id, 'transform')}")
 
-    async def sphere_table(self, transform_id: Any, table: TableInput) -> TablePublic:
+    async def sphere_table(self, transform_id: Any, table: TableInput, *, features: FeaturesInput = None) -> TablePublic:
         """See ``Client.sphere_table``."""
-        body = {"table_id": await self._table_id(table)}
+        body = with_features({"table_id": await self._table_id(table)}, features)
         response = await self._send("POST", f"/v1/transforms/{ref(transform_id, 'transform')}/apply", json=body)
         return TablePublic.model_validate_json(response.content)
 
-    async def apply_sphering(self, transform_id: Any, table: TableInput) -> Any:
+    async def apply_sphering(self, transform_id: Any, table: TableInput, *, features: FeaturesInput = None) -> Any:
         """See ``Client.apply_sphering``."""
-        return await self.download_table((await self.sphere_table(transform_id, table)).id)
+        return await self.download_table((await self.sphere_table(transform_id, table, features=features)).id)
 
     async def create_library(
-        self, table: TableInput, *, id_col: str, annotations: Sequence[str] = ()
+        self, table: TableInput, *, id_col: str, annotations: Sequence[str] = (), features: FeaturesInput = None
     ) -> LibraryPublic:
         """See ``Client.create_library``."""
         body = {"table_id": await self._table_id(table), "id_column": id_col, "annotations": list(annotations)}
+        body = with_features(body, features)
         return LibraryPublic.model_validate_json((await self._send("POST", "/v1/libraries", json=body)).content)
 
     async def libraries(self) -> list[LibraryPublic]:
@@ -229,21 +233,37 @@ class AsyncClient(BaseClient):
         await self._send("DELETE", f"/v1/libraries/{ref(library_id, 'library')}")
 
     async def match(
-        self, library_id: Any, queries: Any, *, id_col: str | None = None, top_k: int = 10, leave_one_out: bool = False
+        self,
+        library_id: Any,
+        queries: Any,
+        *,
+        id_col: str | None = None,
+        top_k: int = 10,
+        leave_one_out: bool = False,
+        features: FeaturesInput = None,
     ) -> Any:
         """See ``Client.match``."""
         profiles = inline_profiles(queries)
         table_id = None if profiles is not None else await self._table_id(queries)
-        body = match_body(table_id=table_id, profiles=profiles, id_col=id_col, top_k=top_k, leave_one_out=leave_one_out)
+        body = match_body(table_id=table_id, profiles=profiles, id_col=id_col, top_k=top_k, leave_one_out=leave_one_out,
+                          features=features)
         response = await self._send("POST", f"/v1/libraries/{ref(library_id, 'library')}/match", json=body)
         return matches_table(MatchResult.model_validate_json(response.content))
 
     async def evaluate(
-        self, table: TableInput, *, id_col: str, annotation: str, sep: str | None = "|", convention: str = "copairs"
+        self,
+        table: TableInput,
+        *,
+        id_col: str,
+        annotation: str,
+        sep: str | None = "|",
+        features: FeaturesInput = None,
+        convention: str = "copairs",
     ) -> dict[str, Any]:
         """See ``Client.evaluate``."""
         body = {"table_id": await self._table_id(table), "id_column": id_col, "annotation": annotation,
                 "separator": sep, "convention": convention}
+        body = with_features(body, features)
         return Evaluation.model_validate_json((await self._send("POST", "/v1/evaluate", json=body)).content).model_dump()
 
     async def _table_id(self, table: TableInput) -> str:

@@ -22,7 +22,8 @@ from cpcnn._types import CHANNELS
 from cpcnn.client._errors import ApiError, JobFailed, error_from_response
 from cpcnn.client._tiff import encode_tiff
 from cpcnn.errors import InputError
-from cpcnn.locations import read_locations
+from cpcnn.io.cells import OBJECT_NUMBER_COLUMN, SITE_KEYS, X_COLUMN, Y_COLUMN, metadata_value
+from cpcnn.locations import Locations, load_locations
 from cpcnn.schemas import (
     API_KEY_HEADER,
     MEDIA_JSON,
@@ -221,10 +222,11 @@ def _image_bytes(source: ImageInput, name: str) -> bytes:
 
 
 def locations_csv(locations: Any) -> bytes:
-    """Any locations the library reads (DataFrame, (N, 2) array, CSV/JSON path) -> CSV bytes."""
-    centers = read_locations(locations)
-    lines = ["Nuclei_Location_Center_X,Nuclei_Location_Center_Y"]
-    lines += [f"{x!r},{y!r}" for x, y in centers.tolist()]
+    """Any locations the library reads (DataFrame, (N, 2) array, CSV/JSON path) -> CSV bytes, with the
+    cells' object numbers (the input's ``ObjectNumber``, else 1..N) so results can be joined back."""
+    cells = load_locations(locations)
+    lines = ["ObjectNumber,Nuclei_Location_Center_X,Nuclei_Location_Center_Y"]
+    lines += [f"{n},{x!r},{y!r}" for n, (x, y) in zip(cells.object_numbers.tolist(), cells.centers.tolist(), strict=True)]
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -245,14 +247,14 @@ def cells_columns(result: CellsResult) -> Any:
     """CellsResult -> the ``cpcnn embed`` columns, as a DataFrame when pandas is installed."""
     n_cells = result.n_cells
     columns: dict[str, Any] = {}
-    for key in ("Metadata_Plate", "Metadata_Well", "Metadata_Site"):
-        columns[key] = np.array([result.metadata.get(key, "")] * n_cells, dtype=object)
-    for key, value in result.metadata.items():
-        columns.setdefault(key, np.array([value] * n_cells, dtype=object))
+    for key in (*SITE_KEYS, *(k for k in result.metadata if k not in SITE_KEYS)):
+        value = metadata_value(key, result.metadata.get(key, ""))
+        columns[key] = np.full(n_cells, value, dtype=np.int64 if isinstance(value, int) else object)
     columns["Metadata_Model"] = np.array([result.model] * n_cells, dtype=object)
-    centers = np.asarray(result.locations, np.float64).reshape(n_cells, 2)
-    columns["Nuclei_Location_Center_X"] = centers[:, 0]
-    columns["Nuclei_Location_Center_Y"] = centers[:, 1]
+    cells = Locations.numbered(np.asarray(result.locations, np.float64).reshape(n_cells, 2), result.object_numbers)
+    columns[OBJECT_NUMBER_COLUMN] = cells.object_numbers
+    columns[X_COLUMN] = cells.centers[:, 0]
+    columns[Y_COLUMN] = cells.centers[:, 1]
     features = np.asarray(result.features, np.float32).reshape(n_cells, result.feature_size)
     for index in range(result.feature_size):
         columns[f"{result.feature_prefix}_{index}"] = features[:, index]

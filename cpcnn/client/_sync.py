@@ -23,6 +23,7 @@ from cpcnn.client._base import (
 from cpcnn.client._errors import JobTimeout, TransportError
 from cpcnn.client._progress import progress_bar
 from cpcnn.client._tables import (
+    FeaturesInput,
     TableInput,
     inline_profiles,
     match_body,
@@ -31,6 +32,7 @@ from cpcnn.client._tables import (
     ref,
     stored_table_id,
     table_upload,
+    with_features,
 )
 from cpcnn.schemas import (
     Evaluation,
@@ -179,12 +181,13 @@ class Client(BaseClient):
     # -- profiles: tables, sphering, libraries, evaluation --------------------------------------
 
     def upload_table(
-        self, table: TableInput, *, features: Sequence[str] | None = None, name: str | None = None
+        self, table: TableInput, *, features: FeaturesInput = None, name: str | None = None
     ) -> TablePublic:
         """Store a profile table on the server (CSV/CSV.gz/Parquet path, bytes, DataFrame or column dict).
 
-        ``features`` names the feature columns (default: every column not named ``Metadata_*``). The
-        same upload returns the same table, so retrying is safe.
+        ``features`` names the feature columns, names or glob patterns such as ``"efficientnet_*"``
+        (default: every numeric column not named ``Metadata_*``); every method that reads a table's
+        columns takes the same ``features``. The same upload returns the same table, so retrying is safe.
         """
         upload = table_upload(table, features=features, name=name)
         return TablePublic.model_validate_json(self._send("POST", "/v1/tables", upload=upload).content)
@@ -203,9 +206,12 @@ class Client(BaseClient):
     def delete_table(self, table_id: Any) -> None:
         self._send("DELETE", f"/v1/tables/{ref(table_id, 'table')}")
 
-    def fit_sphering(self, table: TableInput, *, controls: str, lam: float, method: str = "zca") -> TransformPublic:
+    def fit_sphering(
+        self, table: TableInput, *, controls: str, lam: float, method: str = "zca", features: FeaturesInput = None
+    ) -> TransformPublic:
         """Fit ZCA sphering on the rows selected by ``controls`` ("COLUMN=VALUE"); uploads ``table`` unless it is an id."""
         body = {"table_id": self._table_id(table), "controls": controls, "lambda": lam, "method": method}
+        body = with_features(body, features)
         return TransformPublic.model_validate_json(self._send("POST", "/v1/transforms", json=body).content)
 
     def transforms(self) -> list[TransformPublic]:
@@ -218,18 +224,22 @@ class Client(BaseClient):
     def delete_transform(self, transform_id: Any) -> None:
         self._send("DELETE", f"/v1/transforms/{ref(transform_id, 'transform')}")
 
-    def sphere_table(self, transform_id: Any, table: TableInput) -> TablePublic:
+    def sphere_table(self, transform_id: Any, table: TableInput, *, features: FeaturesInput = None) -> TablePublic:
         """Apply a transform on the server and keep the sphered table there (e.g. to build a library)."""
         path = f"/v1/transforms/{ref(transform_id, 'transform')}/apply"
-        return TablePublic.model_validate_json(self._send("POST", path, json={"table_id": self._table_id(table)}).content)
+        body = with_features({"table_id": self._table_id(table)}, features)
+        return TablePublic.model_validate_json(self._send("POST", path, json=body).content)
 
-    def apply_sphering(self, transform_id: Any, table: TableInput) -> Any:
+    def apply_sphering(self, transform_id: Any, table: TableInput, *, features: FeaturesInput = None) -> Any:
         """Sphere ``table`` with a stored transform -> the sphered rows (DataFrame, or dict without pandas)."""
-        return self.download_table(self.sphere_table(transform_id, table).id)
+        return self.download_table(self.sphere_table(transform_id, table, features=features).id)
 
-    def create_library(self, table: TableInput, *, id_col: str, annotations: Sequence[str] = ()) -> LibraryPublic:
+    def create_library(
+        self, table: TableInput, *, id_col: str, annotations: Sequence[str] = (), features: FeaturesInput = None
+    ) -> LibraryPublic:
         """Build a reference library (rows sharing ``id_col`` are averaged); uploads ``table`` unless it is an id."""
         body = {"table_id": self._table_id(table), "id_column": id_col, "annotations": list(annotations)}
+        body = with_features(body, features)
         return LibraryPublic.model_validate_json(self._send("POST", "/v1/libraries", json=body).content)
 
     def libraries(self) -> list[LibraryPublic]:
@@ -242,7 +252,14 @@ class Client(BaseClient):
         self._send("DELETE", f"/v1/libraries/{ref(library_id, 'library')}")
 
     def match(
-        self, library_id: Any, queries: Any, *, id_col: str | None = None, top_k: int = 10, leave_one_out: bool = False
+        self,
+        library_id: Any,
+        queries: Any,
+        *,
+        id_col: str | None = None,
+        top_k: int = 10,
+        leave_one_out: bool = False,
+        features: FeaturesInput = None,
     ) -> Any:
         """Top-k cosine matches -> long table (query_id, rank, library_id, score, annotations...).
 
@@ -252,12 +269,20 @@ class Client(BaseClient):
         """
         profiles = inline_profiles(queries)
         table_id = None if profiles is not None else self._table_id(queries)
-        body = match_body(table_id=table_id, profiles=profiles, id_col=id_col, top_k=top_k, leave_one_out=leave_one_out)
+        body = match_body(table_id=table_id, profiles=profiles, id_col=id_col, top_k=top_k, leave_one_out=leave_one_out,
+                          features=features)
         response = self._send("POST", f"/v1/libraries/{ref(library_id, 'library')}/match", json=body)
         return matches_table(MatchResult.model_validate_json(response.content))
 
     def evaluate(
-        self, table: TableInput, *, id_col: str, annotation: str, sep: str | None = "|", convention: str = "copairs"
+        self,
+        table: TableInput,
+        *,
+        id_col: str,
+        annotation: str,
+        sep: str | None = "|",
+        features: FeaturesInput = None,
+        convention: str = "copairs",
     ) -> dict[str, Any]:
         """Retrieval metrics (convention, mean_average_precision, ..._interpolated, folds_of_enrichment, n_queries, ...).
 
@@ -265,6 +290,7 @@ class Client(BaseClient):
         """
         body = {"table_id": self._table_id(table), "id_column": id_col, "annotation": annotation, "separator": sep,
                 "convention": convention}
+        body = with_features(body, features)
         return Evaluation.model_validate_json(self._send("POST", "/v1/evaluate", json=body).content).model_dump()
 
     def _table_id(self, table: TableInput) -> str:

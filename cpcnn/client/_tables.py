@@ -23,6 +23,9 @@ from cpcnn.schemas import MatchResult
 #: A stored table's id (or anything with an ``id``, e.g. ``TablePublic``), a CSV/CSV.gz/Parquet path,
 #: the file's bytes, a pandas DataFrame or a mapping of column name -> 1-D array.
 TableInput = Any
+#: Feature columns to use: names and/or glob patterns (``"efficientnet_*"``), a sequence or a
+#: comma-separated string; None = every numeric column not named ``Metadata_*``.
+FeaturesInput = Sequence[str] | str | None
 _ID = re.compile(r"[0-9a-f]{32}")
 _INLINE_KEYS = {"ids", "features"}
 MATCH_COLUMNS = ("query_id", "rank", "library_id", "score")
@@ -49,9 +52,7 @@ def stored_table_id(source: TableInput) -> str | None:
     return None
 
 
-def table_upload(
-    source: TableInput, *, features: Sequence[str] | None = None, name: str | None = None
-) -> Upload:
+def table_upload(source: TableInput, *, features: FeaturesInput = None, name: str | None = None) -> Upload:
     """Any ``TableInput`` that is not an id -> the multipart body of ``POST /v1/tables``."""
     if isinstance(source, bytes | bytearray | memoryview):
         data, filename = bytes(source), name or "table"
@@ -72,11 +73,17 @@ def table_upload(
             "a mapping of columns or a table id"
         )
     fields: dict[str, str | list[str]] = {}
-    if features is not None:
-        fields["features"] = [str(f) for f in features]
+    fields.update(with_features({}, features))
     if name:
         fields["name"] = name
     return Upload(files=[("file", (filename, data, "application/octet-stream"))], data=fields)
+
+
+def with_features(body: dict[str, Any], features: FeaturesInput) -> dict[str, Any]:
+    """Add the ``features`` selection (names and/or globs; a string may hold several, comma-separated)."""
+    if features is not None:
+        body["features"] = [features] if isinstance(features, str) else [str(f) for f in features]
+    return body
 
 
 def _columns_parquet(columns: Mapping[str, Any]) -> bytes:
@@ -114,8 +121,9 @@ def match_body(
     id_col: str | None,
     top_k: int,
     leave_one_out: bool,
+    features: FeaturesInput = None,
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {"top_k": top_k, "leave_one_out": leave_one_out}
+    body: dict[str, Any] = with_features({"top_k": top_k, "leave_one_out": leave_one_out}, features)
     if profiles is not None:
         body["profiles"] = profiles
     else:

@@ -119,7 +119,9 @@ def sweep_lambda(
         )
 
     baseline = SweepPoint.of(None, evaluate(table))
-    points = tuple(SweepPoint.of(t.lam, evaluate(t.apply(table)), t.rank_deficient) for t in transforms)
+    points = tuple(
+        SweepPoint.of(t.lam, evaluate(t.apply(table, features=names)), t.rank_deficient) for t in transforms
+    )
     settings = {
         "controls": str(ControlSelector.parse(controls)),
         "method": method,

@@ -22,6 +22,8 @@ import pandas as pd
 
 from cpcnn._types import FEATURE_PREFIX
 from cpcnn.errors import InputError, PayloadTooLarge
+from cpcnn.io.cells import OBJECT_NUMBER_COLUMN, X_COLUMN, Y_COLUMN, metadata_value
+from cpcnn.locations import validate_object_numbers
 from cpcnn.profiles._npz_metadata import MAX_METADATA_BYTES, parse_metadata_pickle
 
 METADATA_PREFIX = "Metadata_"
@@ -157,7 +159,12 @@ def npz_files(root: Path) -> list[Path]:
 
 
 def read_site(path: Path, root: Path | None = None) -> pd.DataFrame:
-    """One site file -> (cells, Metadata_* + ``{Metadata_Model}_{i}`` float32) table, cells in file order."""
+    """One site file -> (cells, Metadata_* + ``{Metadata_Model}_{i}`` float32) table, cells in file order.
+
+    The columns match ``cpcnn embed``'s other outputs: ``locations`` become
+    ``Metadata_Nuclei_Location_Center_X/Y``, our ``object_numbers`` member ``Metadata_ObjectNumber``
+    (int64), and a digit-only site an integer ``Metadata_Site``.
+    """
     _check_zip_directory(path)
     try:
         with zipfile.ZipFile(path) as archive:
@@ -167,6 +174,7 @@ def read_site(path: Path, root: Path | None = None) -> pd.DataFrame:
                 raise InputError(f"{path}: no 'features' array (keys: {keys})")
             features = _read_numeric(archive, "features.npy", path).astype(np.float32)
             locations = _read_numeric(archive, "locations.npy", path) if "locations.npy" in members else None
+            objects = _read_numeric(archive, "object_numbers.npy", path) if "object_numbers.npy" in members else None
     except (OSError, EOFError, zlib.error, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
         raise InputError(f"{path}: not a readable .npz ({exc})".splitlines()[0]) from exc
     if features.ndim != 2:
@@ -176,10 +184,19 @@ def read_site(path: Path, root: Path | None = None) -> pd.DataFrame:
     columns: dict[str, Any] = {}
     for key, value in meta.items():
         name = key if key.startswith(METADATA_PREFIX) else METADATA_PREFIX + key
-        columns[name] = np.full(len(features), str(value), dtype=object)
+        value = metadata_value(name, value)  # a digit-only site is an integer, as in every other reader
+        columns[name] = np.full(len(features), value, dtype=np.int64 if isinstance(value, int) else object)
+    if objects is not None:
+        if objects.ndim != 1 or objects.dtype.kind not in "iu":
+            raise InputError(f"{path}: 'object_numbers' is a {objects.dtype} array of shape {objects.shape}, "
+                             "expected one integer per cell")
+        try:
+            columns[OBJECT_NUMBER_COLUMN] = validate_object_numbers(objects, len(features))
+        except InputError as exc:
+            raise InputError(f"{path}: 'object_numbers': {exc}") from exc
     if locations is not None and locations.ndim == 2 and locations.shape == (len(features), 2):
-        columns["Metadata_Location_Center_X"] = locations[:, 0].astype(np.float64)
-        columns["Metadata_Location_Center_Y"] = locations[:, 1].astype(np.float64)
+        columns[X_COLUMN] = locations[:, 0].astype(np.float64)
+        columns[Y_COLUMN] = locations[:, 1].astype(np.float64)
     names = [f"{model}_{i}" for i in range(features.shape[1])]
     meta_frame = pd.DataFrame(columns, index=pd.RangeIndex(len(features)))
     return pd.concat([meta_frame, pd.DataFrame(features, columns=names)], axis=1)

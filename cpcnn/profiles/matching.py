@@ -160,14 +160,16 @@ class Library:
         k: int = 10,
         id_col: str | None = None,
         leave_one_out: bool = False,
+        features: Sequence[str] | None = None,
     ) -> pd.DataFrame:
         """Query table -> long table (query_id, rank, library_id, score, annotations...), Q x k' rows.
 
         ``id_col`` (default: the library's id column, if the queries have it, else the row number)
         names each query. ``leave_one_out`` never returns the library row with the query's own id
-        and needs that id column. Queries must have exactly the library's feature names.
+        and needs that id column. The queries' features (``feature_columns(queries, features)``) must
+        be exactly the library's feature names.
         """
-        names = feature_columns(queries)
+        names = feature_columns(queries, features)
         check_same_features(names, self.feature_names, what="the library")
         if id_col is None and self.id_column in queries.columns:
             id_col = self.id_column

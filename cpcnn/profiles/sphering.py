@@ -28,7 +28,14 @@ import pandas as pd
 
 from cpcnn._types import F32Array, F64Array
 from cpcnn.errors import InputError
-from cpcnn.profiles.tables import PathLike, check_finite, check_same_features, feature_columns, feature_matrix
+from cpcnn.profiles.tables import (
+    PathLike,
+    check_finite,
+    check_same_features,
+    feature_columns,
+    feature_matrix,
+    unselected_features,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -167,11 +174,13 @@ class Sphering:
             )
         return out
 
-    def apply(self, table: pd.DataFrame) -> pd.DataFrame:
-        """Table with the same feature names -> copy with sphered float32 features (Metadata kept)."""
-        names = feature_columns(table)
+    def apply(self, table: pd.DataFrame, *, features: Sequence[str] | None = None) -> pd.DataFrame:
+        """Table whose features (``feature_columns(table, features)``) are this transform's -> copy with
+        sphered float32 features last. Metadata columns are kept; numeric columns left out of the
+        selection are dropped, so the result's features are exactly the sphered ones."""
+        names = feature_columns(table, features)
         check_same_features(names, self.features, what="the sphering transform")
-        out = table.drop(columns=names)
+        out = table.drop(columns=[*names, *unselected_features(table, names)])
         sphered = pd.DataFrame(
             self.transform(feature_matrix(table, self.features)), columns=list(self.features)
         )

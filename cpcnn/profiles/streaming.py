@@ -44,11 +44,14 @@ from cpcnn.profiles.aggregate import (
 from cpcnn.profiles.tables import (
     COUNT_CELLS,
     COUNT_ROWS,
-    METADATA_PREFIX,
+    FeatureSelection,
     PathLike,
     check_same_features,
+    feature_columns,
+    ignored_columns,
     iter_feature_batches,
-    table_columns,
+    table_kinds,
+    warn_ignored_columns,
 )
 
 logger = logging.getLogger(__name__)
@@ -115,25 +118,30 @@ class _Groups:
         return frame
 
 
-def _plan(paths: Sequence[Path], by: Sequence[str], features: Sequence[str] | None) -> tuple[list[str], bool]:
-    """Feature names (checked equal across inputs) and whether the inputs carry a cell count column."""
+def _plan(paths: Sequence[Path], by: Sequence[str], features: FeatureSelection) -> tuple[list[str], bool]:
+    """Feature names (``feature_columns`` on each input's column kinds, checked equal across inputs) and
+    whether the inputs carry a cell count column; warns once about columns read as metadata."""
     expected: list[str] | None = None
     has_counts = True
+    legacy: list[str] = []
+    skipped: list[str] = []
     for path in paths:
-        columns = table_columns(path)
-        if features is None:
-            names = [c for c in columns if not c.startswith(METADATA_PREFIX)]
-        else:
-            names = [c for c in features if c in columns]
-            check_same_features(names, features, what=f"the requested features (reading {path})")
-        if not names:
-            raise InputError(f"{path}: the table has no feature columns (every column is Metadata_*)")
+        kinds = table_kinds(path)
+        columns = list(kinds)
+        try:
+            names = feature_columns(kinds, features)
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from exc
         if expected is None:
             expected = names
         else:
             check_same_features(names, expected, what=f"the first input (reading {path})")
         check_by(columns, by, names)
+        found = ignored_columns(kinds, features)
+        legacy += found[0]
+        skipped += found[1]
         has_counts = has_counts and COUNT_CELLS in columns and COUNT_CELLS not in by
+    warn_ignored_columns(legacy, skipped, source=str(paths[0]) + (f" (+{len(paths) - 1})" if len(paths) > 1 else ""))
     return list(expected or []), has_counts
 
 
@@ -245,7 +253,7 @@ def aggregate_files(
     *,
     by: Sequence[str],
     op: Op,
-    features: Sequence[str] | None = None,
+    features: FeatureSelection = None,
     batch_rows: int = 65_536,
     strategy: Strategy = "auto",
     memory_budget_bytes: int = 256 * 2**20,

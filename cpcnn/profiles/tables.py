@@ -1,18 +1,24 @@
 """Profile tables: ``Metadata_*`` columns plus numeric feature columns, read from and written to disk.
 
 A profile table is a pandas DataFrame. Columns named ``Metadata_*`` describe a row (plate, well,
-treatment, annotations); every other column is a feature unless an explicit feature list is given.
-Features are float32. Readers accept CSV (``.csv``, ``.csv.gz``), Parquet (``.parquet``, ``.pq``) and
-DeepProfiler output folders (``*.npz`` below a folder, or a single ``.npz``).
+treatment, annotations, cell coordinates). ``feature_columns`` is the one rule that says which
+columns are features: an explicit selection (names and/or glob patterns such as ``efficientnet_*``),
+or by default every numeric column that is not metadata. Cell coordinate and object-number columns
+without the prefix (``Nuclei_Location_Center_X/Y``, ``Location_Center_X/Y``, ``ObjectNumber``, as
+written by earlier cpcnn versions and by CellProfiler) are metadata too: a coordinate must never enter a
+profile. Features are float32. Readers accept CSV (``.csv``, ``.csv.gz``), Parquet (``.parquet``,
+``.pq``) and DeepProfiler output folders (``*.npz`` below a folder, or a single ``.npz``).
 """
 
 from __future__ import annotations
 
 import csv
+import fnmatch
 import gzip
 import io
+import logging
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -26,7 +32,22 @@ from cpcnn._types import F32Array
 from cpcnn.errors import InputError
 from cpcnn.profiles import _npz
 
+logger = logging.getLogger(__name__)
+
 METADATA_PREFIX = "Metadata_"
+#: Unprefixed columns that describe a cell, not its phenotype: read as metadata (with a warning).
+LEGACY_METADATA: tuple[str, ...] = (
+    "Nuclei_Location_Center_X",
+    "Nuclei_Location_Center_Y",
+    "Location_Center_X",
+    "Location_Center_Y",
+    "ObjectNumber",
+)
+#: A feature selection: None (the default rule), names and glob patterns, or one comma-separated string.
+FeatureSelection = str | Sequence[str] | None
+_GLOB_CHARS = frozenset("*?[")
+#: Patterns per selection: each is matched against every column, so their number bounds the work.
+MAX_PATTERNS = 100
 #: Number of single cells behind an aggregated row.
 COUNT_CELLS = "Metadata_Count_Cells"
 #: Number of input rows (cells, sites, wells) averaged into an aggregated row.
@@ -66,40 +87,153 @@ def _as_paths(paths: PathLike | Sequence[PathLike]) -> list[Path]:
     return [_existing(p) for p in items]
 
 
+def is_metadata(name: str) -> bool:
+    """True for columns that describe a row: ``Metadata_*`` and the unprefixed ``LEGACY_METADATA``."""
+    return name.startswith(METADATA_PREFIX) or name in LEGACY_METADATA
+
+
 def metadata_columns(table: pd.DataFrame) -> list[str]:
-    """Names of the ``Metadata_*`` columns, in table order."""
-    return [str(c) for c in table.columns if str(c).startswith(METADATA_PREFIX)]
+    """Names of the metadata columns (``is_metadata``), in table order."""
+    return [str(c) for c in table.columns if is_metadata(str(c))]
 
 
-def _check_numeric(table: pd.DataFrame, names: Sequence[str]) -> None:
-    bad = [n for n in names if not pd.api.types.is_numeric_dtype(table[n]) or table[n].dtype == bool]
+def _is_numeric(dtype: object) -> bool:
+    return bool(pd.api.types.is_numeric_dtype(dtype)) and not pd.api.types.is_bool_dtype(dtype)
+
+
+def column_kinds(table: pd.DataFrame | Mapping[str, bool]) -> dict[str, bool]:
+    """Column name -> numeric (not bool), in table order: all the feature rule needs to know.
+
+    A mapping is taken as already made (``table_kinds`` makes one for a file without reading it).
+    One pass over the dtypes, each distinct dtype checked once: per-column access is slow.
+    """
+    if not isinstance(table, pd.DataFrame):
+        return {str(name): bool(numeric) for name, numeric in table.items()}
+    seen: dict[object, bool] = {}
+    numeric: dict[str, bool] = {}
+    for column, dtype in zip(table.columns.tolist(), table.dtypes.tolist(), strict=True):
+        if dtype not in seen:
+            seen[dtype] = _is_numeric(dtype)
+        numeric[str(column)] = seen[dtype]
+    return numeric
+
+
+def _check_numeric(table: pd.DataFrame | Mapping[str, bool], names: Sequence[str]) -> None:
+    numeric = column_kinds(table)
+    bad = [n for n in names if not numeric.get(n, False)]
     if bad:
         shown = ", ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
         raise InputError(
-            f"non-numeric feature columns: {shown}; prefix descriptive columns with "
-            f"'{METADATA_PREFIX}' or pass an explicit feature list"
+            f"non-numeric feature columns: {shown}; features are numbers (descriptive columns are "
+            f"named '{METADATA_PREFIX}*')"
         )
 
 
-def feature_columns(table: pd.DataFrame, features: Sequence[str] | None = None) -> list[str]:
-    """The feature column names: ``features`` if given (checked), else every non-``Metadata_*`` column."""
+def parse_feature_selection(features: FeatureSelection) -> list[str] | None:
+    """None, or names/globs as a sequence and/or comma-separated strings -> a list of names/globs (or None)."""
     if features is None:
-        names = [str(c) for c in table.columns if not str(c).startswith(METADATA_PREFIX)]
-    else:
-        names = list(features)
-        missing = [n for n in names if n not in table.columns]
-        if missing:
-            raise InputError(f"feature columns not in the table: {', '.join(missing[:5])}")
+        return None
+    items = [features] if isinstance(features, str) else [str(f) for f in features]
+    names = [name.strip() for item in items for name in item.split(",") if name.strip()]
     if not names:
-        raise InputError("the table has no feature columns (every column is Metadata_*)")
-    _check_numeric(table, names)
+        raise InputError("the feature selection is empty: name feature columns or patterns such as efficientnet_*")
     return names
+
+
+def _expand(columns: Sequence[str], selection: Sequence[str]) -> list[str]:
+    """Names and globs -> column names, in selection order (a glob's matches in table order), no repeats.
+
+    A name present in the table is taken literally; otherwise an item holding ``*``, ``?`` or ``[`` is
+    a pattern over the non-metadata columns and must match at least one.
+    """
+    present = set(columns)
+    patterns = [item for item in selection if item not in present and _GLOB_CHARS.intersection(item)]
+    if len(patterns) > MAX_PATTERNS:
+        raise InputError(f"{len(patterns)} feature patterns is over the limit of {MAX_PATTERNS}; list names instead")
+    chosen: dict[str, None] = {}
+    missing: list[str] = []
+    for item in selection:
+        if item in present:
+            chosen.setdefault(item, None)
+        elif _GLOB_CHARS.intersection(item):
+            matches = [c for c in columns if not is_metadata(c) and fnmatch.fnmatchcase(c, item)]
+            if not matches:
+                missing.append(item)
+            chosen.update(dict.fromkeys(matches))
+        else:
+            missing.append(item)
+    if missing:
+        raise InputError(f"feature columns not in the table: {', '.join(missing[:5])}")
+    named_meta = [n for n in chosen if n.startswith(METADATA_PREFIX)]
+    if named_meta:
+        raise InputError(
+            f"{METADATA_PREFIX}* columns describe rows and cannot be features ({', '.join(named_meta[:3])})"
+        )
+    return list(chosen)
+
+
+def feature_columns(table: pd.DataFrame | Mapping[str, bool], features: FeatureSelection = None) -> list[str]:
+    """The feature column names: the ``features`` selection if given (names and globs, checked numeric),
+    else every numeric column that is not metadata (``is_metadata``), in table order.
+
+    ``table`` is a DataFrame or its ``column_kinds``. This is the one place that decides what a feature is.
+    """
+    kinds = column_kinds(table)
+    selection = parse_feature_selection(features)
+    if selection is None:
+        names = [c for c, numeric in kinds.items() if numeric and not is_metadata(c)]
+    else:
+        names = _expand(list(kinds), selection)
+    if not names:
+        raise InputError("the table has no feature columns (no numeric column outside Metadata_*)")
+    _check_numeric(kinds, names)
+    return names
+
+
+def unselected_features(table: pd.DataFrame | Mapping[str, bool], names: Sequence[str]) -> list[str]:
+    """Numeric non-metadata columns outside ``names``: a table derived from a feature selection drops
+    them, so that its default features are exactly the selection."""
+    chosen = set(names)
+    return [c for c, numeric in column_kinds(table).items() if numeric and c not in chosen and not is_metadata(c)]
+
+
+def ignored_columns(
+    table: pd.DataFrame | Mapping[str, bool], features: FeatureSelection = None
+) -> tuple[list[str], list[str]]:
+    """(unprefixed metadata columns present, non-numeric non-metadata columns left out by the default rule).
+
+    What a reader warns about, once per read: both are columns a user may have meant otherwise.
+    """
+    kinds = column_kinds(table)
+    legacy = [c for c in kinds if c in LEGACY_METADATA]
+    if features is not None:
+        return legacy, []
+    return legacy, [c for c, numeric in kinds.items() if not numeric and not is_metadata(c)]
+
+
+def warn_ignored_columns(legacy: Sequence[str], skipped: Sequence[str], *, source: str) -> None:
+    """Log one warning naming unprefixed coordinate columns read as metadata and skipped text columns."""
+    if legacy:
+        logger.warning(
+            "%s: reading %s as metadata, not features (cell coordinates and object numbers; cpcnn now "
+            "writes them as Metadata_Nuclei_Location_Center_X/Y and Metadata_ObjectNumber)",
+            source,
+            ", ".join(dict.fromkeys(legacy)),
+        )
+    if skipped:
+        shown = list(dict.fromkeys(skipped))
+        logger.warning(
+            "%s: non-numeric columns %s are neither Metadata_* nor features and are not used as features",
+            source,
+            ", ".join(shown[:5]) + (f" (+{len(shown) - 5} more)" if len(shown) > 5 else ""),
+        )
 
 
 def check_same_features(found: Sequence[str], expected: Sequence[str], *, what: str) -> None:
     """Raise InputError naming missing and unexpected features unless both lists hold the same names."""
-    missing = [n for n in expected if n not in set(found)]
-    extra = [n for n in found if n not in set(expected)]
+    found_set, expected_set = set(found), set(expected)
+    missing = [n for n in expected if n not in found_set]
+    extra = [n for n in found if n not in expected_set]
     if missing or extra:
         parts = []
         if missing:
@@ -226,23 +360,29 @@ def _read_one(path: Path) -> pd.DataFrame:
     return pd.concat(list(_npz.iter_sites(path)), ignore_index=True)
 
 
-def read_profiles(
-    paths: PathLike | Sequence[PathLike], *, features: Sequence[str] | None = None
-) -> pd.DataFrame:
-    """Read one or more profile tables into one DataFrame with float32 features.
+def read_profiles(paths: PathLike | Sequence[PathLike], *, features: FeatureSelection = None) -> pd.DataFrame:
+    """Read one or more profile tables into one DataFrame with float32 features (``feature_columns``).
 
     Several inputs must share the same feature names (their order follows the first input);
-    ``Metadata_*`` columns are unioned (missing values are NaN).
+    metadata columns are unioned (missing values are NaN). Unprefixed coordinate columns and skipped
+    text columns are named in one warning per read.
     """
     tables: list[pd.DataFrame] = []
-    for path in _as_paths(paths):
+    legacy: list[str] = []
+    skipped: list[str] = []
+    inputs = _as_paths(paths)
+    for path in inputs:
         table = _read_one(path)
         names = feature_columns(table, features)
         if tables:
             check_same_features(
                 names, feature_columns(tables[0], features), what=f"the first input (reading {path})"
             )
+        found = ignored_columns(table, features)
+        legacy += found[0]
+        skipped += found[1]
         tables.append(_with_float32_features(table, names))
+    warn_ignored_columns(legacy, skipped, source=str(inputs[0]) + (f" (+{len(inputs) - 1})" if len(inputs) > 1 else ""))
     if len(tables) == 1:
         return tables[0]
     merged = pd.concat(tables, ignore_index=True)
@@ -261,20 +401,44 @@ def write_profiles(table: pd.DataFrame, path: PathLike) -> Path:
         # Dictionary pages only for Metadata: float features never repeat, and dictionary attempts
         # make the file ~1.5x larger and slower to read.
         meta = [c for c in metadata_columns(table) if c in table.columns]
+        table = _one_type_per_metadata_column(table, meta)
         table.to_parquet(path, index=False, row_group_size=ROW_GROUP_ROWS, use_dictionary=meta or False)
     return path
 
 
-def table_columns(path: PathLike) -> list[str]:
-    """Column names of a profile source without reading its rows (first file for npz folders)."""
+def _one_type_per_metadata_column(table: pd.DataFrame, meta: Sequence[str]) -> pd.DataFrame:
+    """Parquet holds one type per column: metadata mixing numbers and text (e.g. sites 3 and "" from
+    cells embedded with and without ``--site``) is written as text, missing values kept missing."""
+    mixed = [
+        c for c in meta
+        if table[c].dtype == object and pd.api.types.infer_dtype(table[c], skipna=True).startswith("mixed")
+    ]
+    if not mixed:
+        return table
+    table = table.copy(deep=False)
+    for column in mixed:
+        values = table[column]
+        table[column] = values.where(values.isna(), values.astype(str))
+    return table
+
+
+def table_kinds(path: PathLike, *, sample_rows: int = 1000) -> dict[str, bool]:
+    """``column_kinds`` of a profile source without reading it: Parquet from its schema, CSV from its
+    first ``sample_rows`` rows, npz folders from the first site."""
     path = _existing(path)
     fmt = table_format(path)
     if fmt == "parquet":
-        return list(pq.read_schema(path).names)
+        schema = pq.read_schema(path)
+        return {
+            field.name: (pa.types.is_integer(field.type) or pa.types.is_floating(field.type)
+                         or pa.types.is_decimal(field.type))
+            for field in schema
+        }
     if fmt == "csv":
-        return csv_header(path, what=str(path))
+        csv_header(path, what=str(path))  # duplicate names are refused before pandas renames them
+        return column_kinds(pd.read_csv(path, nrows=sample_rows, index_col=False))
     first = path if path.is_file() else _npz.npz_files(path)[0]
-    return [str(c) for c in _npz.read_site(first, path if path.is_dir() else first.parent).columns]
+    return column_kinds(_npz.read_site(first, path if path.is_dir() else first.parent))
 
 
 def _parquet_batches(

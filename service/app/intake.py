@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from starlette.datastructures import UploadFile
 
-from cpcnn._types import NORMALIZATIONS, F64Array
+from cpcnn._types import NORMALIZATIONS
 from cpcnn.crops import check_boxes_overlap
 from cpcnn.errors import InputError, PayloadTooLarge
 from cpcnn.io.cells import SITE_KEYS
 from cpcnn.io.images import read_site, read_stack
-from cpcnn.locations import parse_locations_text
+from cpcnn.locations import Locations, parse_locations
 from cpcnn.manifest import ModelManifest
 from cpcnn.schemas import ImageInfo
 from service.config import Limits
@@ -78,13 +78,13 @@ def site_metadata(plate: str, well: str, site: str) -> dict[str, str]:
     return dict(zip(SITE_KEYS, (plate, well, site), strict=True))
 
 
-def prepare(sub: Submission, job_id: str, manifest: ModelManifest, limits: Limits) -> tuple[JobSpec, np.ndarray, F64Array | None]:
-    """Decode and validate -> (spec, image to store, centres or None when nuclei will be detected)."""
+def prepare(sub: Submission, job_id: str, manifest: ModelManifest, limits: Limits) -> tuple[JobSpec, np.ndarray, Locations | None]:
+    """Decode and validate -> (spec, image to store, cell locations or None when nuclei will be detected)."""
     if sub.normalization is not None and sub.normalization not in NORMALIZATIONS:
         raise InputError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {sub.normalization!r}")
     image = _read_image(sub, manifest, limits)
     height, width = image.shape[:2]
-    centers: F64Array | None = None
+    cells: Locations | None = None
     if sub.locations is not None:
         if sub.detect_nuclei:
             raise InputError("send either locations or detect_nuclei=true, not both")
@@ -92,17 +92,17 @@ def prepare(sub: Submission, job_id: str, manifest: ModelManifest, limits: Limit
             text = sub.locations.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise InputError("locations must be UTF-8 text (CSV or JSON)") from exc
-        centers = parse_locations_text(text, max_cells=limits.max_cells)  # counted while parsing
-        check_boxes_overlap(centers, height, width, crop_size=manifest.crop_size)
+        cells = parse_locations(text, max_cells=limits.max_cells)  # counted while parsing
+        check_boxes_overlap(cells.centers, height, width, crop_size=manifest.crop_size)
     elif not sub.detect_nuclei:
         raise InputError("no locations: upload a 'locations' part (CSV or JSON) or set detect_nuclei=true")
     spec = JobSpec(
         id=job_id, model=manifest.name, normalization=sub.normalization or manifest.normalization,
         metadata=sub.metadata, detect_nuclei=sub.detect_nuclei,
-        n_locations=None if centers is None else int(centers.shape[0]), max_cells=limits.max_cells,
+        n_locations=None if cells is None else len(cells), max_cells=limits.max_cells,
         image=ImageInfo(width=width, height=height, channels=list(manifest.channels)),
     )
-    return spec, _compact(image), centers
+    return spec, _compact(image), cells
 
 
 def _read_image(sub: Submission, manifest: ModelManifest, limits: Limits) -> np.ndarray:

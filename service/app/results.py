@@ -1,4 +1,5 @@
-"""Result encodings: content negotiation, the JSON document and the Parquet table (``cpcnn embed``'s columns).
+"""Result encodings: content negotiation, the JSON document and the Parquet table (``cpcnn embed``'s columns:
+``Metadata_*`` including the cell's object number and centre, then the features).
 
 A result of 50,000 cells is 134 MB of float32; as Python objects it would be gigabytes. Both encodings are
 therefore made a block of rows at a time, read from the ``.npy`` files with plain reads (a memory map would
@@ -19,9 +20,11 @@ import numpy as np
 import pydantic_core
 from fastapi import HTTPException
 
-from cpcnn._types import F32Array, F64Array
+from cpcnn._types import F32Array, F64Array, I64Array
 from cpcnn.io.cells import cells_table
+from cpcnn.locations import Locations
 from cpcnn.schemas import MEDIA_JSON, MEDIA_NPY, MEDIA_PARQUET, JobPublic
+from service.storage import read_object_numbers
 
 #: Rows encoded per block: about 2 MB of JSON text for 672 features, a few MB of Python floats.
 JSON_BLOCK_ROWS = 256
@@ -69,18 +72,21 @@ def negotiate(accept: str | None) -> str:
 
 @dataclass(frozen=True)
 class StoredResult:
-    """A job's result files: ``features.npy`` (N, D) float32 and ``cells.npy`` (N, 2) float64 centres."""
+    """A job's result files: ``features.npy`` (N, D) float32, ``cells.npy`` (N, 2) float64 centres and
+    the cells' object numbers (``objects.npy``, else 1..N; see ``read_object_numbers``)."""
 
     folder: Path
 
-    def open(self) -> tuple[NpyRows, NpyRows]:
-        """Both arrays, opened now (so a missing file fails before a response starts)."""
+    def open(self) -> tuple[NpyRows, NpyRows, I64Array]:
+        """Features, centres (opened now, so a missing file fails before a response starts) and the
+        (N,) object numbers (8 bytes a cell, read whole)."""
         features = NpyRows(self.folder / "features.npy")
         try:
-            return features, NpyRows(self.folder / "cells.npy")
+            centers = NpyRows(self.folder / "cells.npy")
         except BaseException:
             features.close()
             raise
+        return features, centers, read_object_numbers(self.folder, centers.shape[0])
 
 
 class NpyRows:
@@ -120,7 +126,9 @@ class NpyRows:
         self._file.close()
 
 
-def json_chunks(job: JobPublic, feature_prefix: str, features: NpyRows, centers: NpyRows) -> Iterator[bytes]:
+def json_chunks(
+    job: JobPublic, feature_prefix: str, features: NpyRows, centers: NpyRows, object_numbers: I64Array
+) -> Iterator[bytes]:
     """The ``CellsResult`` document, same fields and order, a few MB of rows at a time.
 
     Non-finite values become ``null``, as pydantic writes them.
@@ -131,7 +139,7 @@ def json_chunks(job: JobPublic, feature_prefix: str, features: NpyRows, centers:
         yield pydantic_core.to_json(head)[:-1] + b',"locations":['
         for index, block in enumerate(centers.blocks(JSON_BLOCK_ROWS)):
             yield (b"," if index else b"") + _rows_json(block)
-        yield b'],"features":['
+        yield b'],"object_numbers":' + pydantic_core.to_json(object_numbers.tolist()) + b',"features":['
         for index, block in enumerate(features.blocks(JSON_BLOCK_ROWS)):
             yield (b"," if index else b"") + _rows_json(block)
         yield b"]}"
@@ -152,14 +160,17 @@ def parquet_file(stored: StoredResult, job: JobPublic, feature_prefix: str) -> P
     path = stored.folder / "cells.parquet"
     if path.is_file():
         return path
-    features, centers = stored.open()
+    features, centers, object_numbers = stored.open()
     handle = tempfile.NamedTemporaryFile(dir=stored.folder, prefix=".cells-", suffix=".parquet", delete=False)
     try:
-        empty = _parquet_block(job, feature_prefix, np.zeros((0, features.shape[1]), np.float32), np.zeros((0, 2)))
+        empty = _parquet_block(job, feature_prefix, np.zeros((0, features.shape[1]), np.float32), np.zeros((0, 2)),
+                               object_numbers[:0])
         with handle, pq.ParquetWriter(handle, empty.schema) as writer:
-            for feature_block, center_block in zip(features.blocks(PARQUET_BLOCK_ROWS),
-                                                   centers.blocks(PARQUET_BLOCK_ROWS), strict=True):
-                writer.write_table(_parquet_block(job, feature_prefix, feature_block, center_block))
+            blocks = zip(features.blocks(PARQUET_BLOCK_ROWS), centers.blocks(PARQUET_BLOCK_ROWS), strict=True)
+            for index, (feature_block, center_block) in enumerate(blocks):
+                start = index * PARQUET_BLOCK_ROWS
+                numbers = object_numbers[start : start + len(center_block)]
+                writer.write_table(_parquet_block(job, feature_prefix, feature_block, center_block, numbers))
         os.replace(handle.name, path)
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)
@@ -170,5 +181,8 @@ def parquet_file(stored: StoredResult, job: JobPublic, feature_prefix: str) -> P
     return path
 
 
-def _parquet_block(job: JobPublic, feature_prefix: str, features: F32Array, centers: F64Array):  # -> pyarrow.Table
-    return cells_table(features, centers, metadata=job.metadata, model_name=job.model, feature_prefix=feature_prefix)
+def _parquet_block(
+    job: JobPublic, feature_prefix: str, features: F32Array, centers: F64Array, object_numbers: I64Array
+):  # -> pyarrow.Table
+    cells = Locations(centers=np.asarray(centers, np.float64), object_numbers=object_numbers)
+    return cells_table(features, cells, metadata=job.metadata, model_name=job.model, feature_prefix=feature_prefix)

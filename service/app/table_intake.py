@@ -31,8 +31,10 @@ from cpcnn.profiles.tables import (
     duplicate_names,
     feature_columns,
     feature_matrix,
+    ignored_columns,
     metadata_columns,
     read_csv_table,
+    warn_ignored_columns,
 )
 from service.config import Limits
 from service.profile_store import artifact_id
@@ -82,7 +84,8 @@ def decode_table(data: bytes, filename: str, features: Sequence[str] | None, lim
 
 
 def profile_table(table: pd.DataFrame, features: Sequence[str] | None, *, what: str) -> pd.DataFrame:
-    """Keep Metadata_* and the features (float32, finite or NaN); other columns are dropped."""
+    """Keep the metadata columns (``Metadata_*`` and unprefixed coordinates) and the features (float32,
+    finite or NaN, chosen by ``feature_columns``); other columns are dropped."""
     columns = [str(c) for c in table.columns]
     duplicated = duplicate_names(columns)
     if duplicated:
@@ -103,6 +106,7 @@ def profile_table(table: pd.DataFrame, features: Sequence[str] | None, *, what: 
         names = feature_columns(table, features)
     except InputError as exc:
         raise InputError(f"{what}: {exc}") from exc
+    warn_ignored_columns(*ignored_columns(table, features), source=what)
     values = feature_matrix(table, names)
     infinite = np.flatnonzero(np.isinf(values).any(axis=0))
     if len(infinite):

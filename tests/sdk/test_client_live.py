@@ -50,6 +50,11 @@ def test_embed_paths_and_csv(server_url: str, planes_and_centers: Any, tmp_path:
         stacked = client.embed(np.stack([planes[c] for c in reversed(CHANNELS)]), centers,
                                channel_order=list(reversed(CHANNELS)))
     assert len(from_paths) == len(from_frame) == len(stacked) == 4
+    assert from_paths["Metadata_ObjectNumber"].tolist() == [1, 2, 3, 4]
+    with Client(server_url) as client:  # the input's own object numbers travel to the result rows
+        numbered = client.embed(planes, frame.assign(ObjectNumber=[40, 30, 20, 10]), metadata={"site": "7"})
+    assert numbered["Metadata_ObjectNumber"].tolist() == [40, 30, 20, 10]
+    assert numbered["Metadata_Site"].tolist() == [7] * 4 and numbered["Metadata_Site"].dtype == np.int64
     np.testing.assert_array_equal(from_paths["efficientnet_9"].to_numpy(), from_frame["efficientnet_9"].to_numpy())
     np.testing.assert_array_equal(from_paths["efficientnet_9"].to_numpy(), stacked["efficientnet_9"].to_numpy())
 
@@ -79,7 +84,7 @@ def test_embed_many_in_order_with_progress(server_url: str, planes_and_centers: 
     sites = [Site(planes, centers[: n + 1], {"plate": "many", "site": str(n)}) for n in range(4)]
     with Client(server_url) as client:
         cells = client.embed_many(sites, max_in_flight=2, progress=True)
-    assert cells["Metadata_Site"].tolist() == ["0", "1", "1", "2", "2", "2", "3", "3", "3", "3"]
+    assert cells["Metadata_Site"].tolist() == [0, 1, 1, 2, 2, 2, 3, 3, 3, 3]
     assert "embedding" in capsys.readouterr().err
 
 
@@ -96,4 +101,4 @@ def test_async_client(server_url: str, planes_and_centers: Any) -> None:
             return one, many
 
     one, many = asyncio.run(main())
-    assert len(one) == 4 and len(many) == 6 and many["Metadata_Site"].tolist() == ["0", "0", "1", "1", "2", "2"]
+    assert len(one) == 4 and len(many) == 6 and many["Metadata_Site"].tolist() == [0, 0, 1, 1, 2, 2]

@@ -150,9 +150,17 @@ def test_result_formats_and_no_pandas(monkeypatch: pytest.MonkeyPatch) -> None:
     with _client(handler) as client:
         columns = client.result("a" * 32)
     assert isinstance(columns, dict)
-    assert list(columns)[:6] == ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_Model",
-                                 "Nuclei_Location_Center_X", "Nuclei_Location_Center_Y"]
+    assert list(columns)[:7] == ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_Model",
+                                 "Metadata_ObjectNumber", "Metadata_Nuclei_Location_Center_X",
+                                 "Metadata_Nuclei_Location_Center_Y"]
+    assert list(columns)[7:] == ["efficientnet_0", "efficientnet_1", "efficientnet_2"]
+    np.testing.assert_array_equal(columns["Metadata_Site"], [1, 1])  # an integer site, as in the Parquet result
+    np.testing.assert_array_equal(columns["Metadata_ObjectNumber"], [1, 2])  # an old server: by position
     np.testing.assert_array_equal(columns["efficientnet_2"], np.array([3, 6], np.float32))
+    payload["object_numbers"] = [7, 3]
+    with _client(handler) as client:
+        columns = client.result("a" * 32)
+    np.testing.assert_array_equal(columns["Metadata_ObjectNumber"], [7, 3])
 
 
 def test_api_key_header_and_input_validation() -> None:

@@ -333,6 +333,57 @@ def test_async_client_on_the_asgi_app(tmp_path: Path) -> None:
     )
 
 
+def test_features_selection_is_sent_where_a_table_is_read() -> None:
+    seen: list[tuple[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else None
+        seen.append((request.url.path, body))
+        if request.url.path.endswith("/match"):
+            return httpx.Response(200, json={"library": LIBRARY_ID, "n_queries": 0, "top_k": 1, "matches": []})
+        if request.url.path == "/v1/evaluate":
+            return httpx.Response(422, json={"title": "x", "status": 422, "detail": "stop here"})
+        if request.url.path == "/v1/libraries":
+            return httpx.Response(201, json={**_table(LIBRARY_ID), "table_id": TABLE_ID, "id_column": ID,
+                                             "annotation_columns": [], "n_profiles": 1})
+        return httpx.Response(201, json=_transform() if request.url.path == "/v1/transforms" else _table())
+
+    with _client(handler) as client:
+        client.fit_sphering(TABLE_ID, controls=CONTROLS, lam=0.1, features="efficientnet_*")
+        client.sphere_table("c" * 32, TABLE_ID, features=["f0", "f1"])
+        client.create_library(TABLE_ID, id_col=ID, features="f0,f1")
+        client.match(LIBRARY_ID, TABLE_ID, top_k=1, features=["f*"])
+        with pytest.raises(BadRequest, match="stop here"):
+            client.evaluate(TABLE_ID, id_col=ID, annotation=MOA, features=["f*"])
+        client.fit_sphering(TABLE_ID, controls=CONTROLS, lam=0.1)
+    sent = [body.get("features") for _, body in seen]
+    assert sent == [["efficientnet_*"], ["f0", "f1"], ["f0,f1"], ["f*"], ["f*"], None]
+
+
+def test_async_features_on_the_asgi_app(tmp_path: Path) -> None:
+    from service.app.main import create_app
+    from service.config import ApiSettings
+
+    app = create_app(ApiSettings(env="dev", data_dir=tmp_path / "data", models_dir=tmp_path / "models",
+                                 trusted_hosts=["cpcnn.test"]))
+    table = synthetic_profiles(seed=6).assign(extra=np.float32(1.5))  # numeric, but not a feature we want
+
+    async def run() -> tuple[Any, ...]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with AsyncClient("http://cpcnn.test", transport=transport, retry=FAST) as client:
+                transform = await client.fit_sphering(table, controls=CONTROLS, lam=1e-2, features="f*")
+                sphered = await client.apply_sphering(transform, table, features="f*")
+                metrics = await client.evaluate(table, id_col=ID, annotation=MOA, features=FEATURES)
+                return transform, sphered, metrics
+
+    transform, sphered, metrics = asyncio.run(run())
+    assert transform.feature_names == FEATURES
+    assert [c for c in sphered.columns if not c.startswith("Metadata_")] == FEATURES
+    expected = evaluate_retrieval(table, id_col=ID, annotation=MOA, features=FEATURES)
+    assert metrics["mean_average_precision"] == pytest.approx(expected.mean_average_precision, rel=1e-5)
+
+
 def test_evaluate_sends_the_convention(tmp_path: Path) -> None:
     """Sync: the request carries ``convention``; async: the real app answers with that convention."""
     from service.app.main import create_app
@@ -351,7 +402,8 @@ def test_evaluate_sends_the_convention(tmp_path: Path) -> None:
         client.evaluate(TABLE_ID, id_col=ID, annotation=MOA)
     assert [b["convention"] for b in bodies] == ["paper", "copairs"] and metrics["convention"] == "paper"
 
-    app = create_app(ApiSettings(env="dev", data_dir=tmp_path / "data", models_dir=tmp_path / "models"))
+    app = create_app(ApiSettings(env="dev", data_dir=tmp_path / "data", models_dir=tmp_path / "models",
+                                 trusted_hosts=["cpcnn.test"]))
 
     async def run() -> dict[str, Any]:
         async with app.router.lifespan_context(app):

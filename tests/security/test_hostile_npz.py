@@ -187,9 +187,11 @@ def test_numpy_scalars_and_our_own_writer_round_trip(tmp_path: Path) -> None:
     features = np.arange(12, dtype=np.float32).reshape(4, 3)
     ours = write_cells(tmp_path / "P1" / "A01" / "1.npz", features, np.full((4, 2), 64.0),
                        metadata={"Metadata_Plate": "P1", "Metadata_Well": "A01"}, model_name="m")
-    assert read_site_metadata(ours) == {"Metadata_Plate": "P1", "Metadata_Well": "A01", "Metadata_Model": "efficientnet"}
+    assert read_site_metadata(ours) == {"Metadata_Plate": "P1", "Metadata_Well": "A01", "Metadata_Site": "",
+                                        "Metadata_Model": "efficientnet"}
     table = read_profiles(ours)
     np.testing.assert_array_equal(table.filter(like="efficientnet_").to_numpy(), features)
+    assert table["Metadata_ObjectNumber"].tolist() == [1, 2, 3, 4]  # our object_numbers member, read without pickle
 
 
 @pytest.mark.slow

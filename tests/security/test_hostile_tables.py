@@ -143,7 +143,7 @@ def test_table_bombs_keep_peak_memory_near_a_benign_upload(tmp_path: Path) -> No
 
 
 def test_streamed_csv_reads_refuse_ragged_rows_and_duplicates(tmp_path: Path) -> None:
-    from cpcnn.profiles.tables import iter_feature_batches, table_columns
+    from cpcnn.profiles.tables import iter_feature_batches, table_kinds
 
     ragged = tmp_path / "ragged.csv"
     ragged.write_bytes(b"Metadata_Well,f0\nA01,1\nA02,2,9\n")
@@ -152,4 +152,4 @@ def test_streamed_csv_reads_refuse_ragged_rows_and_duplicates(tmp_path: Path) ->
     duplicated = tmp_path / "dup.csv"
     duplicated.write_bytes(b"Metadata_Well,f0,f0\nA01,1,2\n")
     with pytest.raises(InputError, match="duplicate column names: f0"):
-        table_columns(duplicated)
+        table_kinds(duplicated)

@@ -38,6 +38,17 @@ def test_fit_over_the_feature_limit_is_refused(serve: Callable[..., httpx.Client
     assert fitted.status_code == 201, fitted.text
 
 
+def test_the_limit_counts_the_selected_features(serve: Callable[..., httpx.Client]) -> None:
+    client = serve(limits=Limits(max_sphering_features=40))
+    wide = _upload(client, synthetic_profiles(n_features=60))
+    body = {"table_id": wide, "controls": CONTROLS, "lambda": 0.1}
+    selected = client.post("/v1/transforms", json=body | {"features": [f"f{j}" for j in range(40)]})
+    assert selected.status_code == 201, selected.text
+    assert len(selected.json()["feature_names"]) == 40
+    problem(client.post("/v1/transforms", json=body | {"features": ["f*"]}), 413, "payload_too_large", "60 features")
+    problem(client.post("/v1/transforms", json=body), 413, "payload_too_large", "60 features")
+
+
 def test_the_default_limit_is_a_few_thousand_features() -> None:
     assert 1000 <= Limits().max_sphering_features <= 10_000
 

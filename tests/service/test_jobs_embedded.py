@@ -62,9 +62,11 @@ def test_result_content_negotiation(api: httpx.Client, site: dict[str, Any]) -> 
     as_parquet = api.get(url, headers={"Accept": "application/vnd.apache.parquet"})
     assert as_parquet.headers["content-type"] == "application/vnd.apache.parquet"
     table = pq.read_table(io.BytesIO(as_parquet.content))
-    assert table.column_names[:6] == ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_Model",
-                                      "Nuclei_Location_Center_X", "Nuclei_Location_Center_Y"]
+    assert table.column_names[:8] == ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_Model",
+                                      "Metadata_ObjectNumber", "Metadata_Nuclei_Location_Center_X",
+                                      "Metadata_Nuclei_Location_Center_Y", "efficientnet_0"]
     assert table.column_names[-1] == "efficientnet_671" and table.num_rows == 6
+    assert table.column("Metadata_ObjectNumber").to_pylist() == [1, 2, 3, 4, 5, 6]  # positions: no ObjectNumber sent
     np.testing.assert_array_equal(np.asarray(table.column("efficientnet_5")), features[:, 5])
     assert api.get(url, params={"format": "npy"}).headers["content-type"] == "application/x-npy"
     assert api.get(url, headers={"Accept": "text/html;q=0.9, application/json;q=0.5"}).status_code == 200

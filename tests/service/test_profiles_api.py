@@ -338,6 +338,71 @@ def test_artifacts_survive_restarting_cpcnn_serve(tmp_path: Path) -> None:
     assert [len(seen[0]["listing"][k]) for k in ("tables", "transforms", "libraries")] == [2, 1, 1]
 
 
+def test_features_selection_on_every_profile_endpoint(served: tuple[httpx.Client, FastAPI]) -> None:
+    """A table from the previous cpcnn (unprefixed coordinates) plus a numeric column that is not a
+    feature: coordinates are kept as metadata, and ``features`` picks the rest on every endpoint."""
+    client, _ = served
+    table = synthetic_profiles()
+    rng = np.random.default_rng(1)
+    table["Nuclei_Location_Center_X"] = rng.uniform(0, 1000, len(table))
+    table["Nuclei_Location_Center_Y"] = rng.uniform(0, 1000, len(table))
+    table["Cells_AreaShape_Area"] = rng.normal(500, 50, len(table)).astype(np.float32)
+    names = [f"f{j}" for j in range(12)]
+    stored = created(upload(client, parquet_bytes(table), "legacy.parquet"))
+    assert stored["feature_names"] == [*names, "Cells_AreaShape_Area"]
+    assert stored["metadata_columns"][-2:] == ["Nuclei_Location_Center_X", "Nuclei_Location_Center_Y"]
+
+    body = {"table_id": stored["id"], "controls": CONTROLS, "lambda": 0.1}
+    transform = created(client.post("/v1/transforms", json={**body, "features": ["f*"]}))
+    assert transform["feature_names"] == names
+    assert created(client.post("/v1/transforms", json=body))["id"] != transform["id"]
+    apply = f"/v1/transforms/{transform['id']}/apply"
+    mismatch = client.post(apply, json={"table_id": stored["id"]})
+    assert mismatch.status_code == 422 and "Cells_AreaShape_Area" in mismatch.json()["detail"]
+    sphered = created(client.post(apply, json={"table_id": stored["id"], "features": ["f*"]}))
+    assert sphered["feature_names"] == names  # the unselected column is not carried into the sphered table
+    assert "Nuclei_Location_Center_X" in sphered["metadata_columns"]
+    local = fit_sphering(table, controls=CONTROLS, lam=0.1, features="f*").apply(table, features="f*")
+    np.testing.assert_allclose(download(client, sphered["id"])[names].to_numpy(), local[names].to_numpy(),
+                               rtol=1e-5, atol=1e-5)
+
+    library = created(client.post("/v1/libraries", json={"table_id": stored["id"], "id_column": ID,
+                                                         "annotations": [MOA], "features": ["f0", "f1"]}))
+    assert library["feature_names"] == ["f0", "f1"]
+    # ids and annotations are refused when they are among the features used, and only then
+    by_area = client.post("/v1/libraries", json={"table_id": stored["id"], "id_column": "Cells_AreaShape_Area",
+                                                 "features": ["f*"]})
+    assert by_area.status_code == 201, by_area.text
+    selected_id = client.post("/v1/libraries", json={"table_id": stored["id"], "id_column": "f3", "features": ["f*"]})
+    assert selected_id.status_code == 422 and "f3 is a feature column" in selected_id.json()["detail"]
+    unselected = client.post("/v1/libraries", json={"table_id": stored["id"], "id_column": ID, "annotations": ["f3"],
+                                                    "features": ["f[01]"]})
+    assert unselected.status_code == 201, unselected.text
+    match = f"/v1/libraries/{library['id']}/match"
+    found = client.post(match, json={"table_id": stored["id"], "top_k": 2, "features": ["f[01]"]})
+    assert found.status_code == 200 and found.json()["n_queries"] == len(table)
+    assert client.post(match, json={"table_id": stored["id"], "top_k": 2}).status_code == 422
+    inline = client.post(match, json={"profiles": {"features": [[1.0, 2.0]]}, "features": ["f0"]})
+    assert inline.status_code == 422
+
+    evaluation = client.post("/v1/evaluate", json={"table_id": stored["id"], "id_column": ID, "annotation": MOA,
+                                                   "features": ["f*"]})
+    assert evaluation.status_code == 200
+    expected = evaluate_retrieval(table, id_col=ID, annotation=MOA, features="f*")
+    assert evaluation.json()["mean_average_precision"] == pytest.approx(expected.mean_average_precision, rel=1e-5)
+    paper = client.post("/v1/evaluate", json={"table_id": stored["id"], "id_column": ID, "annotation": MOA,
+                                              "features": ["f*"], "convention": "paper"})
+    expected_paper = evaluate_retrieval(table, id_col=ID, annotation=MOA, features="f*", convention="paper")
+    assert paper.status_code == 200 and paper.json()["convention"] == "paper"
+    assert {k: v for k, v in paper.json().items() if k != "table_id"} == expected_paper.to_dict()
+    unknown = client.post("/v1/evaluate", json={"table_id": stored["id"], "id_column": ID, "annotation": MOA,
+                                                "features": ["nope_*"]})
+    assert unknown.status_code == 422 and "nope_*" in unknown.json()["detail"]
+    huge = client.post("/v1/evaluate", json={"table_id": stored["id"], "id_column": ID, "annotation": MOA,
+                                             "features": ["f0"] * 20_001})
+    assert huge.status_code == 422
+
+
 def test_evaluate_convention(served: tuple[httpx.Client, FastAPI]) -> None:
     """``convention`` selects the metric rules; the answer names it and equals the library's result."""
     client, _ = served

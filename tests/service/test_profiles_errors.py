@@ -88,8 +88,15 @@ def test_bad_table_bytes(stocked: tuple[httpx.Client, dict[str, str]]) -> None:
     _problem(_upload(client, b"", "t.csv"), 422, "input_error", "empty")
     _problem(_upload(client, b"Metadata_x,f0\n", "t.csv"), 422, "input_error", "no rows")
     _problem(
-        _upload(client, b"Metadata_x,f0,label\na,1,x\n", "t.csv"), 422, "input_error", "non-numeric", "label"
+        _upload(client, b"Metadata_x,f0,label\na,1,x\n", "t.csv", features="f0,label"),
+        422,
+        "input_error",
+        "non-numeric",
+        "label",
     )
+    text_column = _upload(client, b"Metadata_x,f0,label\na,1,x\n", "t.csv")  # not a feature by default
+    assert text_column.status_code == 201 and text_column.json()["feature_names"] == ["f0"]
+    assert client.delete(f"/v1/tables/{text_column.json()['id']}").status_code == 204
     _problem(_upload(client, b"Metadata_x\na\n", "t.csv"), 422, "input_error", "no feature columns")
     _problem(_upload(client, b"Metadata_x,f0\na,inf\n", "t.csv"), 422, "input_error", "infinite", "f0")
     _problem(_upload(client, b"Metadata_x,f0\na,1\n", "t.csv", features="f9"), 422, "input_error", "f9")

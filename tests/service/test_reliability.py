@@ -147,7 +147,7 @@ def test_serve_and_two_workers_end_to_end(env: dict[str, Any]) -> None:
             expected_rows += centers.shape[0]
         cells = client.embed_many(sites, max_in_flight=8, progress=False)
         assert len(cells) == expected_rows
-        assert cells["Metadata_Site"].drop_duplicates().tolist() == [str(s) for s in range(8)]
+        assert cells["Metadata_Site"].drop_duplicates().tolist() == list(range(8))  # integer sites
         assert np.isfinite(cells.filter(like="efficientnet_").to_numpy()).all()
     jobs = JobStore(env["tmp"] / "data")
     workers = {jobs.state(job_id).worker for job_id in jobs.ids()}

@@ -47,6 +47,7 @@ def _evaluate(service: ServiceState, body: EvaluateRequest) -> Evaluation:
         id_col=body.id_column,
         annotation=body.annotation,
         sep=body.separator,
+        features=body.features,
         convention=body.convention,
     )
     if result.n_queries == 0:

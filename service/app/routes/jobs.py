@@ -149,10 +149,10 @@ async def get_result(
         if media == MEDIA_PARQUET:
             path = await run_in_threadpool(parquet_file, stored, job, manifest_prefix)
             return FileResponse(path, media_type=MEDIA_PARQUET, filename=f"{job_id}-cells.parquet")
-        features, centers = await run_in_threadpool(stored.open)
+        features, centers, object_numbers = await run_in_threadpool(stored.open)
     except FileNotFoundError as exc:
         raise NotFoundError(f"job {job_id} has no result on disk") from exc
-    return StreamingResponse(json_chunks(job, manifest_prefix, features, centers), media_type=MEDIA_JSON)
+    return StreamingResponse(json_chunks(job, manifest_prefix, features, centers, object_numbers), media_type=MEDIA_JSON)
 
 
 @router.delete("/{job_id}", status_code=204, summary="Delete a job and its files",
@@ -200,8 +200,8 @@ async def _create(service: ServiceState, sub: Submission, job_id: str, manifest:
             f"{depth} jobs are waiting, at the limit of {settings.queue.max_depth}; retry later",
             retry_after_s=settings.queue.retry_after_s,
         )
-    spec, pixels, centers = await run_in_threadpool(prepare, sub, job_id, manifest, settings.limits)
-    if not await run_in_threadpool(service.jobs.create, spec, pixels, centers):
+    spec, pixels, cells = await run_in_threadpool(prepare, sub, job_id, manifest, settings.limits)
+    if not await run_in_threadpool(service.jobs.create, spec, pixels, cells):
         return  # an identical request created it a moment ago
     try:
         await run_in_threadpool(service.queue.enqueue, job_id, model=sub.model)

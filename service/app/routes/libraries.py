@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from cpcnn.errors import InputError
 from cpcnn.profiles import Library
 from cpcnn.profiles.matching import LIBRARY_ID, QUERY_ID, RANK, SCORE
+from cpcnn.profiles.tables import feature_columns, table_kinds
 from cpcnn.schemas import (
     MEDIA_JSON,
     InlineProfiles,
@@ -30,7 +31,7 @@ from cpcnn.schemas import (
 )
 from service.app.deps import ApiKeyDep, ServiceDep, ServiceState
 from service.app.problems import problem_responses
-from service.profile_store import artifact_id
+from service.profile_store import artifact_id, selection_key
 
 router = APIRouter(prefix="/libraries", tags=["libraries"], dependencies=[ApiKeyDep])
 
@@ -53,17 +54,22 @@ async def create_library(body: LibraryCreate, response: Response, service: Servi
 
 def _build(service: ServiceState, body: LibraryCreate) -> LibraryPublic:
     store = service.profiles
-    source = store.table_public(body.table_id)
-    library_id = artifact_id("library", body.table_id, body.id_column, json.dumps(body.annotations))
+    store.table_public(body.table_id)  # 404 for an unknown table
+    library_id = artifact_id(
+        "library", body.table_id, body.id_column, json.dumps(body.annotations), *selection_key(body.features)
+    )
     if store.has_library(library_id):
         return store.library_public(library_id)
-    features = [c for c in (body.id_column, *body.annotations) if c in set(source.feature_names)]
-    if features:
+    # Checked against the features this library would use (the selection, else the default rule), from the
+    # Parquet schema alone, before any row is read.
+    selected = set(feature_columns(table_kinds(store.table_path(body.table_id)), body.features))
+    described = [c for c in dict.fromkeys((body.id_column, *body.annotations)) if c in selected]
+    if described:
         raise InputError(
-            f"{', '.join(features)} is a feature column; ids and annotations must be Metadata_* columns"
+            f"{', '.join(described)} is a feature column; ids and annotations must be Metadata_* columns"
         )
     library = Library.from_profiles(
-        store.read_table(body.table_id), id_col=body.id_column, annotations=body.annotations
+        store.read_table(body.table_id), id_col=body.id_column, annotations=body.annotations, features=body.features
     )
     if len(library) == 0:
         raise InputError(f"no rows of table {body.table_id} have a {body.id_column} value")
@@ -120,7 +126,9 @@ def _match(service: ServiceState, library_id: str, body: MatchRequest) -> str:
             f"{len(queries)} queries x top {body.top_k} is {rows} matches, over the limit of {limit}; "
             "send fewer queries per request"
         )
-    frame = library.match(queries, k=body.top_k, id_col=id_col, leave_one_out=body.leave_one_out)
+    frame = library.match(
+        queries, k=body.top_k, id_col=id_col, leave_one_out=body.leave_one_out, features=body.features
+    )
     result = MatchResult.model_validate(
         {
             "library": library_id,

@@ -43,8 +43,9 @@ async def upload_table(
     features: Annotated[
         list[str] | None,
         Form(
-            description="feature columns, repeated or comma-separated (default: every column not named Metadata_*); "
-            "other non-Metadata columns are dropped"
+            description="feature columns, repeated or comma-separated, names or glob patterns such as "
+            "efficientnet_* (default: every numeric column not named Metadata_*; unprefixed cell coordinates "
+            "are kept as metadata); other columns are dropped"
         ),
     ] = None,
     name: Annotated[str | None, Form(max_length=256, description="a label (default: the file name)")] = None,

@@ -9,6 +9,7 @@ hashes the transform and table ids) and answers with that table; download its ro
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
@@ -16,10 +17,11 @@ from starlette.concurrency import run_in_threadpool
 from cpcnn.errors import NotFoundError, PayloadTooLarge
 from cpcnn.profiles import ControlSelector, fit_sphering
 from cpcnn.profiles.sphering import check_lambda
+from cpcnn.profiles.tables import feature_columns, table_kinds
 from cpcnn.schemas import TablePublic, TableRef, TransformCreate, TransformList, TransformPublic
 from service.app.deps import ApiKeyDep, ServiceDep, ServiceState
 from service.app.problems import problem_responses
-from service.profile_store import artifact_id, check_id
+from service.profile_store import artifact_id, check_id, selection_key
 
 router = APIRouter(prefix="/transforms", tags=["transforms"], dependencies=[ApiKeyDep])
 
@@ -42,17 +44,29 @@ def _fit(service: ServiceState, body: TransformCreate) -> TransformPublic:
     check_lambda(body.lam)
     if not store.has_table(body.table_id):
         raise NotFoundError(f"table {body.table_id} does not exist")
-    _check_width(store.table_public(body.table_id).n_features, service.settings.limits.max_sphering_features)
+    _check_width(_n_selected(store.table_path(body.table_id), body.features), service.settings.limits.max_sphering_features)
     selector = ControlSelector.parse(body.controls)
-    transform_id = artifact_id("transform", body.table_id, str(selector), repr(float(body.lam)), body.method)
+    transform_id = artifact_id(
+        "transform", body.table_id, str(selector), repr(float(body.lam)), body.method, *selection_key(body.features)
+    )
     if store.has_transform(transform_id):
         return store.transform_public(transform_id)
     table = store.read_table(body.table_id)
     sphering = fit_sphering(
-        table, controls=selector, lam=body.lam, method=body.method, source=f"table {body.table_id}"
+        table,
+        controls=selector,
+        lam=body.lam,
+        method=body.method,
+        features=body.features,
+        source=f"table {body.table_id}",
     )
     sphering = dataclasses.replace(sphering, provenance={**sphering.provenance, "table_id": body.table_id})
     return store.put_transform(sphering, transform_id)
+
+
+def _n_selected(path: Path, features: list[str] | None) -> int:
+    """How many features the fit would use (``features`` or the default rule), from the Parquet schema alone."""
+    return len(feature_columns(table_kinds(path), features))
 
 
 def _check_width(n_features: int, limit: int) -> None:
@@ -98,19 +112,19 @@ async def delete_transform(transform_id: str, service: ServiceDep) -> Response:
 async def apply_transform(
     transform_id: str, body: TableRef, response: Response, service: ServiceDep
 ) -> TablePublic:
-    table = await run_in_threadpool(_apply, service, transform_id, body.table_id)
+    table = await run_in_threadpool(_apply, service, transform_id, body.table_id, body.features)
     response.headers["Location"] = f"/v1/tables/{table.id}"
     return table
 
 
-def _apply(service: ServiceState, transform_id: str, table_id: str) -> TablePublic:
+def _apply(service: ServiceState, transform_id: str, table_id: str, features: list[str] | None) -> TablePublic:
     store = service.profiles
     sphering = store.transform(transform_id)
     source = store.table_public(table_id)
-    sphered_id = artifact_id("sphered", check_id(transform_id, "transform"), table_id)
+    sphered_id = artifact_id("sphered", check_id(transform_id, "transform"), table_id, *selection_key(features))
     if store.has_table(sphered_id):
         return store.table_public(sphered_id)
-    sphered = sphering.apply(store.read_table(table_id))
+    sphered = sphering.apply(store.read_table(table_id), features=features)
     return store.put_table(
         sphered,
         sphered_id,
