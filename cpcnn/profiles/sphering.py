@@ -128,14 +128,11 @@ def check_lambda(lam: float) -> None:
         raise InputError(f"lambda must be a positive number (finite, at least {MIN_LAMBDA:.4g}), got {lam}")
 
 
-@dataclass(frozen=True, eq=False)
-class Sphering:
-    """A fitted sphering transform: x' = ((x - mean) [/ std]) @ matrix, for tables with ``features``."""
+@dataclass(frozen=True, eq=False, kw_only=True)
+class SpheringInfo:
+    """What a stored transform is, without its (D, D) matrix: enough to list and describe it."""
 
     method: str
-    mean: F64Array
-    std: F64Array | None
-    matrix: F64Array | F32Array
     lam: float
     features: tuple[str, ...]
     n_controls: int
@@ -147,6 +144,15 @@ class Sphering:
     def rank_deficient(self) -> bool:
         """True when the control covariance has fewer non-zero eigenvalues than features."""
         return self.rank < len(self.features)
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Sphering(SpheringInfo):
+    """A fitted sphering transform: x' = ((x - mean) [/ std]) @ matrix, for tables with ``features``."""
+
+    mean: F64Array
+    std: F64Array | None
+    matrix: F64Array | F32Array
 
     def transform(self, values: np.ndarray) -> F32Array:
         """(N, D) float -> (N, D) float32 sphered; rows with NaN give NaN rows. Deterministic.
@@ -214,26 +220,7 @@ class Sphering:
     @classmethod
     def load(cls, path: PathLike) -> Sphering:
         """Read a transform written by ``save``; InputError if the file is not one."""
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"{path}: no such sphering file")
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                header = _header(archive, path)
-                return cls(
-                    method=header["method"],
-                    mean=archive["mean"],
-                    std=archive["std"] if "std" in archive.files else None,
-                    matrix=archive["matrix"],
-                    lam=float(header["lambda"]),
-                    features=tuple(str(f) for f in archive["features"]),
-                    n_controls=int(header["n_controls"]),
-                    rank=int(header["rank"]),
-                    provenance=header.get("provenance", {}),
-                    warnings=tuple(header.get("warnings", ())),
-                )
-        except (OSError, ValueError, KeyError) as exc:
-            raise InputError(f"{path}: unreadable sphering file ({exc})") from exc
+        return cls(**_read_fields(path, arrays=True))
 
 
 def _header(archive: Any, path: Path) -> dict[str, Any]:
@@ -243,43 +230,36 @@ def _header(archive: Any, path: Path) -> dict[str, Any]:
     return header
 
 
-@dataclass(frozen=True)
-class SpheringInfo:
-    """What a stored transform is, without its (D, D) matrix: for listings."""
-
-    method: str
-    lam: float
-    features: tuple[str, ...]
-    n_controls: int
-    rank: int
-    provenance: Mapping[str, str] = field(default_factory=dict)
-    warnings: tuple[str, ...] = ()
-
-    @property
-    def rank_deficient(self) -> bool:
-        return self.rank < len(self.features)
-
-
 def read_sphering_info(path: PathLike) -> SpheringInfo:
     """A sphering file's header and feature names; the mean and matrix members are never read.
 
     An ``.npz`` is a zip: members are read on access, so this costs O(D) however large the matrix.
     """
+    return SpheringInfo(**_read_fields(path, arrays=False))
+
+
+def _read_fields(path: PathLike, *, arrays: bool) -> dict[str, Any]:
+    """The fields of a file written by ``Sphering.save``: the header's, plus mean/std/matrix if ``arrays``."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such sphering file")
     try:
         with np.load(path, allow_pickle=False) as archive:
             header = _header(archive, path)
-            return SpheringInfo(
-                method=header["method"],
-                lam=float(header["lambda"]),
-                features=tuple(str(f) for f in archive["features"]),
-                n_controls=int(header["n_controls"]),
-                rank=int(header["rank"]),
-                provenance=header.get("provenance", {}),
-                warnings=tuple(header.get("warnings", ())),
-            )
+            fields: dict[str, Any] = {
+                "method": header["method"],
+                "lam": float(header["lambda"]),
+                "features": tuple(str(f) for f in archive["features"]),
+                "n_controls": int(header["n_controls"]),
+                "rank": int(header["rank"]),
+                "provenance": header.get("provenance", {}),
+                "warnings": tuple(header.get("warnings", ())),
+            }
+            if arrays:
+                fields["mean"] = archive["mean"]
+                fields["std"] = archive["std"] if "std" in archive.files else None
+                fields["matrix"] = archive["matrix"]
+            return fields
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"{path}: unreadable sphering file ({exc})") from exc
 
