@@ -55,14 +55,13 @@ def reference_checkpoint(work: Path, dp_python: Path | None) -> Path | None:
 def build_model(work: Path, checkpoint: Path | None, name: str | None) -> StoredModel:
     if name:
         return ModelStore().resolve(name)
-    from model_export.importer import import_weights
+    from cpcnn.model_export.importer import import_weights
 
     store = ModelStore(work / "models")
     if checkpoint is None:  # no DeepProfiler venv: a torch checkpoint with seeded random weights
         import torch
-
-        from training.checkpoint import save_checkpoint
-        from training.net import EfficientNetB0
+        from cpcnn.training.checkpoint import save_checkpoint
+        from cpcnn.training.net import EfficientNetB0
 
         torch.manual_seed(0)
         checkpoint = save_checkpoint(work / "random.pt", EfficientNetB0())

@@ -70,10 +70,9 @@ def build_model(kind: str, home: Path) -> str:
         return "bench"
     if kind == "b0":
         import torch
-
-        from model_export.importer import import_weights
-        from training.checkpoint import save_checkpoint
-        from training.net import EfficientNetB0
+        from cpcnn.model_export.importer import import_weights
+        from cpcnn.training.checkpoint import save_checkpoint
+        from cpcnn.training.net import EfficientNetB0
 
         torch.manual_seed(0)
         checkpoint = home / "b0.pt"

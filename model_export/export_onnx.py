@@ -12,12 +12,12 @@ from pathlib import Path
 
 import onnx
 import torch
+from cpcnn.model_export.simplify import simplify
+from cpcnn.training.net import FeatureExtractor
 
 from cpcnn.errors import InputError
 from cpcnn.manifest import ONNX_METADATA_KEY, ModelManifest
 from cpcnn.onnx_graph import mark_revision
-from model_export.simplify import simplify
-from training.net import FeatureExtractor
 
 #: Highest opset the TorchScript exporter of torch 2.x handles without onnxscript.
 OPSET = 17

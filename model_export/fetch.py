@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cpcnn.model_export.importer import import_weights
 from tqdm import tqdm
 
 from cpcnn.errors import ConflictError, DownloadError
 from cpcnn.store import ModelStore, StoredModel, cpcnn_home
-from model_export.importer import import_weights
 
 logger = logging.getLogger(__name__)
 

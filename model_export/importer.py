@@ -13,17 +13,17 @@ from pathlib import Path
 from typing import Literal
 
 import h5py
+from cpcnn.model_export.export_onnx import export_onnx
+from cpcnn.model_export.keras_h5 import load_keras_h5
+from cpcnn.model_export.verify import verify_onnx
+from cpcnn.training.arch import feature_width
+from cpcnn.training.checkpoint import load_checkpoint
+from cpcnn.training.net import EfficientNetB0, FeatureExtractor
 
 from cpcnn._types import CHANNELS, CROP_SIZE, FEATURE_LAYER, NORMALIZATIONS, Normalization
 from cpcnn.errors import ConflictError, InputError, ModelImportError
 from cpcnn.manifest import ModelManifest, sha256_file
 from cpcnn.store import ModelStore, StoredModel, validate_model_name
-from model_export.export_onnx import export_onnx
-from model_export.keras_h5 import load_keras_h5
-from model_export.verify import verify_onnx
-from training.arch import feature_width
-from training.checkpoint import load_checkpoint
-from training.net import EfficientNetB0, FeatureExtractor
 
 logger = logging.getLogger(__name__)
 

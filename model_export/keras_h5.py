@@ -17,10 +17,10 @@ from typing import Literal
 import h5py
 import numpy as np
 import torch
+from cpcnn.training.net import EfficientNetB0
 from torch import nn
 
 from cpcnn.errors import ModelImportError
-from training.net import EfficientNetB0
 
 Kind = Literal["conv", "depthwise", "dense", "vector"]
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from cpcnn.training.net import FeatureExtractor
 
 from cpcnn.errors import ModelImportError
-from training.net import FeatureExtractor
 
 RTOL = 1e-5
 

@@ -16,8 +16,8 @@ OUTPUT = Path(__file__).resolve().parents[1] / "openapi" / "openapi.json"
 
 def render() -> str:
     """The schema as stable text: sorted keys, two-space indent, trailing newline."""
-    from service.app.main import create_app
-    from service.config import ApiSettings
+    from cpcnn.service.app.main import create_app
+    from cpcnn.service.config import ApiSettings
 
     schema = create_app(ApiSettings(env="dev")).openapi()
     return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"

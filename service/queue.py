@@ -1,7 +1,7 @@
 """Where jobs wait: the interface the API uses, and the in-process queue of ``cpcnn serve``.
 
 Both backends carry job ids only; payloads and status live in the ``JobStore``. ``RedisQueue``
-(``service.redis_queue``) is the same interface on RQ for separate worker processes.
+(``cpcnn.service.redis_queue``) is the same interface on RQ for separate worker processes.
 """
 
 from __future__ import annotations
@@ -15,18 +15,19 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Protocol
 
+from cpcnn.service.metrics import QueueSnapshot
+from cpcnn.service.storage import JobStore
+from cpcnn.service.worker.runtime import Runtime
+from cpcnn.service.worker.tasks import WorkerContext, record_failure, run_job
+
 from cpcnn.errors import NotFoundError
 from cpcnn.schemas import JobStatus, WorkerPublic
-from service.metrics import QueueSnapshot
-from service.storage import JobStore
-from service.worker.runtime import Runtime
-from service.worker.tasks import WorkerContext, record_failure, run_job
 
 logger = logging.getLogger(__name__)
 
 #: The RQ job function, by dotted path (the API never imports it).
-TASK_PATH = "service.worker.tasks.embed_job"
-FAILURE_CALLBACK_PATH = "service.worker.tasks.on_failure"
+TASK_PATH = "cpcnn.service.worker.tasks.embed_job"
+FAILURE_CALLBACK_PATH = "cpcnn.service.worker.tasks.on_failure"
 
 
 def queue_name(base: str, model: str) -> str:

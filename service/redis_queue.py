@@ -16,6 +16,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from cpcnn.service.config import QueueSettings
+from cpcnn.service.metrics import QueueSnapshot, merge_snapshots
+from cpcnn.service.queue import FAILURE_CALLBACK_PATH, TASK_PATH, queue_name
 from rq import Callback, Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
@@ -23,9 +26,6 @@ from rq.serializers import JSONSerializer
 
 from cpcnn.errors import UnavailableError
 from cpcnn.schemas import WorkerPublic
-from service.config import QueueSettings
-from service.metrics import QueueSnapshot, merge_snapshots
-from service.queue import FAILURE_CALLBACK_PATH, TASK_PATH, queue_name
 
 logger = logging.getLogger(__name__)
 

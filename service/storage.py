@@ -12,7 +12,7 @@ Layout, one folder per job id (a content hash, so the path is safe to build from
 
 Every write goes to a temporary dot-name first, is fsynced and renamed into place (then the folder
 is fsynced), so readers on other machines never see half a file and a crash never leaves one.
-Temporaries a crash left behind are removed when a store is opened (``service.durable``).
+Temporaries a crash left behind are removed when a store is opened (``cpcnn.service.durable``).
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from cpcnn.service.durable import STALE_TEMPORARY_S, remove_stale, replace_durably, write_bytes_durably
 from pydantic import BaseModel, Field
 
 from cpcnn._types import F32Array, F64Array, I64Array
 from cpcnn.errors import NotFoundError
 from cpcnn.locations import Locations
 from cpcnn.schemas import ImageInfo, JobLinks, JobPublic, JobStatus, Problem
-from service.durable import STALE_TEMPORARY_S, remove_stale, replace_durably, write_bytes_durably
 
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 

@@ -19,9 +19,8 @@ from typing import Literal
 import h5py
 import numpy as np
 import torch
-
-from model_export.keras_h5 import tensor_slots, to_keras_layout
-from training.net import EfficientNetB0
+from cpcnn.model_export.keras_h5 import tensor_slots, to_keras_layout
+from cpcnn.training.net import EfficientNetB0
 
 
 @contextmanager

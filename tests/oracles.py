@@ -158,9 +158,8 @@ def features_float64(net: object, crops: np.ndarray, *, layer: str = "block6a_ac
 
     import torch
     import torch.nn.functional as F
-
-    from training.arch import tf_same_pads
-    from training.net import FeatureExtractor, SameConv2d
+    from cpcnn.training.arch import tf_same_pads
+    from cpcnn.training.net import FeatureExtractor, SameConv2d
 
     def depthwise(conv: SameConv2d) -> object:
         kernel, stride = conv.kernel_size[0], conv.stride[0]

@@ -12,16 +12,16 @@ import onnx
 import pytest
 import torch
 from _model_fixtures import keras_tensors, random_crops, seeded_net, torch_threads, write_keras_h5
+from cpcnn.model_export.export_onnx import export_onnx, read_manifest
+from cpcnn.model_export.importer import import_weights
+from cpcnn.model_export.verify import cpu_session, verify_onnx
+from cpcnn.training.checkpoint import save_checkpoint
+from cpcnn.training.net import EfficientNetB0, FeatureExtractor
 
 from cpcnn.cli import models_cmds
 from cpcnn.errors import ConflictError, InputError, ModelImportError
 from cpcnn.manifest import ONNX_METADATA_KEY, ModelManifest, sha256_file
 from cpcnn.store import ModelStore
-from model_export.export_onnx import export_onnx, read_manifest
-from model_export.importer import import_weights
-from model_export.verify import cpu_session, verify_onnx
-from training.checkpoint import save_checkpoint
-from training.net import EfficientNetB0, FeatureExtractor
 
 
 @pytest.fixture(autouse=True, scope="module")

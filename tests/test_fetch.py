@@ -13,14 +13,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import cpcnn.model_export.fetch as fetch_module
 import pytest
 from _model_fixtures import keras_tensors, seeded_net, torch_threads, write_keras_h5
+from cpcnn.model_export.fetch import CNN1_FILENAME, RECORD_URL_ENV, fetch_cnn1
 
-import model_export.fetch as fetch_module
 from cpcnn.cli import models_cmds
 from cpcnn.errors import ConflictError, DownloadError
 from cpcnn.store import ModelStore, StoredModel
-from model_export.fetch import CNN1_FILENAME, RECORD_URL_ENV, fetch_cnn1
 
 RECORD_PATH = "/api/records/7114558"
 FILE_PATH = f"/files/{CNN1_FILENAME}"

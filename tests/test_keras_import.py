@@ -17,12 +17,12 @@ from _model_fixtures import (
     write_keras_h5,
     write_nested_keras_h5,
 )
+from cpcnn.model_export.importer import detect_format
+from cpcnn.model_export.keras_h5 import load_keras_h5, tensor_slots
+from cpcnn.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from cpcnn.training.net import EfficientNetB0
 
 from cpcnn.errors import InputError, ModelImportError
-from model_export.importer import detect_format
-from model_export.keras_h5 import load_keras_h5, tensor_slots
-from training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
-from training.net import EfficientNetB0
 
 KERAS_WEIGHT_TENSORS = 311  # REFERENCE.md: the CNN-1 Keras model has 311 weight tensors
 

@@ -12,6 +12,8 @@ import onnxruntime as ort
 import pytest
 from _model_fixtures import random_crops, seeded_net, torch_threads
 from _tiny_model import save_tiny_model
+from cpcnn.model_export.export_onnx import export_onnx
+from cpcnn.training.net import FeatureExtractor
 from onnx import helper
 
 from cpcnn import embedding
@@ -19,8 +21,6 @@ from cpcnn.embedding import Embedder
 from cpcnn.manifest import ModelManifest
 from cpcnn.onnx_graph import GRAPH_REVISION, GRAPH_REVISION_KEY, MIN_SPLIT_PIXELS, pool_block
 from cpcnn.store import StoredModel
-from model_export.export_onnx import export_onnx
-from training.net import FeatureExtractor
 
 #: Worst relative error of a pool over >= 256 pixels in the fast path (measured 2.6e-7 split, 1.3e-6
 #: to 1.9e-6 as one GlobalAveragePool on the same network and crops).

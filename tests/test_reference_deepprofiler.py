@@ -71,7 +71,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
 @pytest.fixture(scope="module")
 def models(reference: tuple[Path, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> list[StoredModel]:
     """Each run's checkpoint imported the way users import CNN-1 (the first one as ``cnn1``)."""
-    from model_export.importer import import_weights
+    from cpcnn.model_export.importer import import_weights
 
     out, manifest = reference
     store = ModelStore(tmp_path_factory.mktemp("home") / "models")
@@ -125,7 +125,7 @@ class FieldAccuracy:
 @pytest.fixture(scope="module")
 def accuracy(reference: tuple[Path, dict[str, Any]], models: list[StoredModel]) -> list[FieldAccuracy]:
     """Ours, DeepProfiler's and float64 features of every field of every run."""
-    from model_export.keras_h5 import load_keras_h5
+    from cpcnn.model_export.keras_h5 import load_keras_h5
 
     out, manifest = reference
     results = []

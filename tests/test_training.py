@@ -15,6 +15,15 @@ import pytest
 import tifffile
 import torch
 from _model_fixtures import keras_tensors, seeded_net, torch_threads, write_keras_h5
+from cpcnn.model_export.importer import import_weights
+from cpcnn.training.augment import Augmentation, augment_batch, resized_crops
+from cpcnn.training.checkpoint import load_checkpoint
+from cpcnn.training.config import TrainConfig, make_config
+from cpcnn.training.data import balanced_epoch, load_or_build_cache, prepare_data, read_index, split_cells
+from cpcnn.training.loop import initial_network, make_optimizer, train
+from cpcnn.training.main import main
+from cpcnn.training.net import EfficientNetB0
+from cpcnn.training.stem import adapt_stem, load_imagenet
 
 from cpcnn._types import CHANNELS
 from cpcnn.crops import crop_cells
@@ -22,15 +31,6 @@ from cpcnn.errors import InputError
 from cpcnn.io.images import read_site
 from cpcnn.locations import read_locations
 from cpcnn.store import ModelStore
-from model_export.importer import import_weights
-from training.augment import Augmentation, augment_batch, resized_crops
-from training.checkpoint import load_checkpoint
-from training.config import TrainConfig, make_config
-from training.data import balanced_epoch, load_or_build_cache, prepare_data, read_index, split_cells
-from training.loop import initial_network, make_optimizer, train
-from training.main import main
-from training.net import EfficientNetB0
-from training.stem import adapt_stem, load_imagenet
 
 SIDE = 200
 CENTERS = ((60.0, 60.0), (140.0, 62.0), (58.0, 139.0), (141.0, 141.0), (100.0, 100.0))
@@ -347,8 +347,9 @@ def test_cli_errors_are_one_line(
 
 
 def test_device_choice() -> None:
+    from cpcnn.training.loop import pick_device
+
     from cpcnn.errors import InputError
-    from training.loop import pick_device
 
     assert pick_device("cpu").type == "cpu"
     if torch.cuda.is_available():

@@ -1,7 +1,7 @@
-"""``python -m training``: see :mod:`training.main`."""
+"""``python -m cpcnn.training``: see :mod:`cpcnn.training.main`."""
 
 import sys
 
-from training.main import main
+from cpcnn.training.main import main
 
 sys.exit(main())

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from cpcnn.training.net import EfficientNetB0
 
 from cpcnn._types import CHANNELS, NORMALIZATIONS, Normalization
 from cpcnn.errors import ModelImportError
-from training.net import EfficientNetB0
 
 #: Value of the ``format`` key; bump the suffix when the dict's meaning changes.
 CHECKPOINT_FORMAT = "cpcnn-checkpoint/1"

@@ -27,13 +27,13 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import torch
+from cpcnn.training.config import CacheDtype, TrainConfig
 
 from cpcnn._types import CROP_SIZE, I64Array, Normalization
 from cpcnn.crops import crop_cells
 from cpcnn.errors import InputError
 from cpcnn.io.images import read_site
 from cpcnn.locations import read_locations
-from training.config import CacheDtype, TrainConfig
 
 logger = logging.getLogger(__name__)
 

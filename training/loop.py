@@ -24,16 +24,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from cpcnn.training.augment import augment_batch
+from cpcnn.training.checkpoint import load_checkpoint, save_checkpoint
+from cpcnn.training.config import TrainConfig, write_config
+from cpcnn.training.data import TrainingData
+from cpcnn.training.net import EfficientNetB0
+from cpcnn.training.stem import load_imagenet
 from torch import nn
 
 from cpcnn._types import I64Array
 from cpcnn.errors import ConflictError, InputError
-from training.augment import augment_batch
-from training.checkpoint import load_checkpoint, save_checkpoint
-from training.config import TrainConfig, write_config
-from training.data import TrainingData
-from training.net import EfficientNetB0
-from training.stem import load_imagenet
 
 logger = logging.getLogger(__name__)
 

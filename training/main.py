@@ -1,6 +1,6 @@
-"""``python -m training``: train CNN-1 on a site index, or write a freshly initialized checkpoint.
+"""``python -m cpcnn.training``: train CNN-1 on a site index, or write a freshly initialized checkpoint.
 
-Only parsing and printing live here; :mod:`training.data` and :mod:`training.loop` do the work.
+Only parsing and printing live here; :mod:`cpcnn.training.data` and :mod:`cpcnn.training.loop` do the work.
 A deliberate error (bad index, missing file, too few classes) prints one line and exits 1.
 """
 
@@ -13,16 +13,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from cpcnn.training.checkpoint import save_checkpoint
+from cpcnn.training.config import TrainConfig, make_config
+from cpcnn.training.data import prepare_data
+from cpcnn.training.loop import initial_network, train
+from cpcnn.training.net import CNN1_NUM_CLASSES
 
 from cpcnn._types import NORMALIZATIONS
 from cpcnn.errors import CpcnnError, InputError
-from training.checkpoint import save_checkpoint
-from training.config import TrainConfig, make_config
-from training.data import prepare_data
-from training.loop import initial_network, train
-from training.net import CNN1_NUM_CLASSES
 
-PROG = "python -m training"
+PROG = "python -m cpcnn.training"
 _DEFAULTS = TrainConfig()
 
 

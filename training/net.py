@@ -13,10 +13,7 @@ from typing import cast
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from cpcnn._types import FEATURE_LAYER
-from training.arch import (
+from cpcnn.training.arch import (
     B0_BLOCKS,
     BN_EPS,
     BN_MOMENTUM,
@@ -28,6 +25,9 @@ from training.arch import (
     feature_width,
     tf_same_pads,
 )
+from torch import nn
+
+from cpcnn._types import FEATURE_LAYER
 
 #: Classes of the CNN-1 weakly supervised task (DeepProfiler's ``ClassProb`` head).
 CNN1_NUM_CLASSES = 490

@@ -74,7 +74,7 @@ def _missing_train_extra() -> bool:
 def cmd_import(args: argparse.Namespace) -> int:
     if _missing_train_extra():
         return 1
-    from model_export.importer import import_weights
+    from cpcnn.model_export.importer import import_weights
 
     stored = import_weights(
         args.file,
@@ -90,7 +90,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_fetch(args: argparse.Namespace) -> int:
     if _missing_train_extra():
         return 1
-    from model_export.fetch import fetch_cnn1
+    from cpcnn.model_export.fetch import fetch_cnn1
 
     stored = fetch_cnn1(name=args.model, progress=not args.no_progress, overwrite=args.overwrite)
     print(f"fetched {stored.manifest.source} as {stored.manifest.name}: {stored.onnx_path}")

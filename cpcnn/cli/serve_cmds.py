@@ -69,9 +69,9 @@ def _tuning(args: argparse.Namespace) -> dict[str, Any] | None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service.app.main import create_app
-    from service.app.server import server_config
-    from service.config import ApiSettings, load_settings
+    from cpcnn.service.app.main import create_app
+    from cpcnn.service.app.server import server_config
+    from cpcnn.service.config import ApiSettings, load_settings
 
     timeouts = {"header_s": args.header_timeout_s, "body_idle_s": args.body_idle_timeout_s}
     timeouts = {name: value for name, value in timeouts.items() if value is not None}
@@ -86,8 +86,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from service.config import WorkerSettings, load_settings
-    from service.worker.main import run_worker
+    from cpcnn.service.config import WorkerSettings, load_settings
+    from cpcnn.service.worker.main import run_worker
 
     settings: WorkerSettings = _load(
         load_settings, WorkerSettings, args,

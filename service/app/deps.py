@@ -6,16 +6,16 @@ import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
+from cpcnn.service.config import ApiSettings
+from cpcnn.service.metrics import ApiMetrics
+from cpcnn.service.profile_store import ProfileStore
+from cpcnn.service.queue import JobQueue
+from cpcnn.service.storage import JobStore
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 
 from cpcnn.schemas import API_KEY_HEADER
 from cpcnn.store import ModelStore
-from service.config import ApiSettings
-from service.metrics import ApiMetrics
-from service.profile_store import ProfileStore
-from service.queue import JobQueue
-from service.storage import JobStore
 
 
 @dataclass

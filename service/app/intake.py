@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 
 import numpy as np
+from cpcnn.service.config import Limits
+from cpcnn.service.storage import JobSpec
 from starlette.datastructures import UploadFile
 
 from cpcnn._types import NORMALIZATIONS
@@ -22,8 +24,6 @@ from cpcnn.io.images import read_site, read_stack
 from cpcnn.locations import Locations, parse_locations
 from cpcnn.manifest import ModelManifest
 from cpcnn.schemas import ImageInfo
-from service.config import Limits
-from service.storage import JobSpec
 
 _HASH_VERSION = b"cpcnn-job-v1"
 

@@ -10,20 +10,20 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from cpcnn.service.app import openapi, problems
+from cpcnn.service.app.deps import ServiceState
+from cpcnn.service.app.middleware import ApiKeyGate, BodyLimit, RequestMetrics, TrustedHosts
+from cpcnn.service.app.routes import ROOT_ROUTERS, V1_ROUTERS
+from cpcnn.service.config import ApiSettings
+from cpcnn.service.metrics import ApiMetrics
+from cpcnn.service.profile_store import ProfileStore
+from cpcnn.service.queue import JobQueue, LocalQueue
+from cpcnn.service.storage import JobStore
+from cpcnn.service.worker.runtime import Runtime
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from cpcnn import __version__
-from service.app import openapi, problems
-from service.app.deps import ServiceState
-from service.app.middleware import ApiKeyGate, BodyLimit, RequestMetrics, TrustedHosts
-from service.app.routes import ROOT_ROUTERS, V1_ROUTERS
-from service.config import ApiSettings
-from service.metrics import ApiMetrics
-from service.profile_store import ProfileStore
-from service.queue import JobQueue, LocalQueue
-from service.storage import JobStore
-from service.worker.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def operation_id(route: APIRoute) -> str:
 def build_queue(settings: ApiSettings, jobs: JobStore) -> JobQueue:
     store = settings.model_store()
     if settings.redis_url:
-        from service.redis_queue import RedisQueue
+        from cpcnn.service.redis_queue import RedisQueue
 
         return RedisQueue(settings.redis_url, settings.queue, worker_ttl_s=3 * settings.worker.heartbeat_s)
     runtime = Runtime(store, settings.worker)

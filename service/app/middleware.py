@@ -10,12 +10,12 @@ import hmac
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from cpcnn.service.app.problems import http_problem, problem_for_error, problem_response
+from cpcnn.service.metrics import ApiMetrics
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cpcnn.errors import PayloadTooLarge
 from cpcnn.schemas import API_KEY_HEADER
-from service.app.problems import http_problem, problem_for_error, problem_response
-from service.metrics import ApiMetrics
 
 #: Paths anyone may call (a load balancer's probes); everything else needs the key when one is set.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})

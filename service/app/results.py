@@ -18,13 +18,13 @@ from typing import BinaryIO
 
 import numpy as np
 import pydantic_core
+from cpcnn.service.storage import read_object_numbers
 from fastapi import HTTPException
 
 from cpcnn._types import F32Array, F64Array, I64Array
 from cpcnn.io.cells import cells_table
 from cpcnn.locations import Locations
 from cpcnn.schemas import MEDIA_JSON, MEDIA_NPY, MEDIA_PARQUET, JobPublic
-from service.storage import read_object_numbers
 
 #: Rows encoded per block: about 2 MB of JSON text for 672 features, a few MB of Python floats.
 JSON_BLOCK_ROWS = 256

@@ -16,11 +16,10 @@ import asyncio
 from typing import Any
 
 import h11
+from cpcnn.service.app.problems import http_problem
+from cpcnn.service.config import ApiSettings
 from uvicorn import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
-
-from service.app.problems import http_problem
-from service.config import ApiSettings
 
 _TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/problem+json\r\nconnection: close\r\n"

@@ -23,6 +23,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from cpcnn.service.config import Limits
+from cpcnn.service.profile_store import artifact_id
 
 from cpcnn.errors import InputError, PayloadTooLarge, UnsupportedMedia
 from cpcnn.profiles.tables import (
@@ -36,8 +38,6 @@ from cpcnn.profiles.tables import (
     read_csv_table,
     warn_ignored_columns,
 )
-from service.config import Limits
-from service.profile_store import artifact_id
 
 _PARQUET_MAGIC = b"PAR1"
 _GZIP_MAGIC = b"\x1f\x8b"

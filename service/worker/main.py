@@ -20,6 +20,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import redis
+from cpcnn.service.config import WorkerSettings
+from cpcnn.service.queue import queue_name
+from cpcnn.service.redis_queue import RedisAttempts, WorkerRegistry, connect
+from cpcnn.service.storage import JobStore
+from cpcnn.service.worker.runtime import Runtime
+from cpcnn.service.worker.tasks import WorkerContext, set_context
 from rq import Queue
 from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
@@ -27,13 +33,6 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.timeouts import BaseDeathPenalty
 from rq.worker import BaseWorker
-
-from service.config import WorkerSettings
-from service.queue import queue_name
-from service.redis_queue import RedisAttempts, WorkerRegistry, connect
-from service.storage import JobStore
-from service.worker.runtime import Runtime
-from service.worker.tasks import WorkerContext, set_context
 
 logger = logging.getLogger(__name__)
 

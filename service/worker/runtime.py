@@ -18,13 +18,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+from cpcnn.service.config import WorkerTuning
+from cpcnn.service.metrics import WorkerStats
 
 from cpcnn._types import F32Array
 from cpcnn.embedding import Embedder
 from cpcnn.errors import CpcnnError
 from cpcnn.store import ModelStore
-from service.config import WorkerTuning
-from service.metrics import WorkerStats
 
 logger = logging.getLogger(__name__)
 

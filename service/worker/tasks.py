@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+from cpcnn.service.storage import JobSpec, JobState, JobStore, utcnow
+from cpcnn.service.worker.runtime import Runtime
 
 from cpcnn._types import F32Array, F64Array
 from cpcnn.errors import CpcnnError, InputError, NotFoundError
 from cpcnn.schemas import JobStatus, Problem
-from service.storage import JobSpec, JobState, JobStore, utcnow
-from service.worker.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 

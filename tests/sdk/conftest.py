@@ -27,8 +27,8 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One embedded server for the module (model loading is the slow part)."""
-    from service.app.main import create_app
-    from service.config import ApiSettings, WorkerTuning
+    from cpcnn.service.app.main import create_app
+    from cpcnn.service.config import ApiSettings, WorkerTuning
 
     root = tmp_path_factory.mktemp("sdk")
     save_tiny_model(root / "models")

@@ -291,8 +291,8 @@ def test_live_lincs_plate_from_a_path(server_url: str) -> None:
 
 
 def test_async_client_on_the_asgi_app(tmp_path: Path) -> None:
-    from service.app.main import create_app
-    from service.config import ApiSettings
+    from cpcnn.service.app.main import create_app
+    from cpcnn.service.config import ApiSettings
 
     app = create_app(ApiSettings(env="dev", data_dir=tmp_path / "data", models_dir=tmp_path / "models",
                                  trusted_hosts=["cpcnn.test"]))
@@ -361,8 +361,8 @@ def test_features_selection_is_sent_where_a_table_is_read() -> None:
 
 
 def test_async_features_on_the_asgi_app(tmp_path: Path) -> None:
-    from service.app.main import create_app
-    from service.config import ApiSettings
+    from cpcnn.service.app.main import create_app
+    from cpcnn.service.config import ApiSettings
 
     app = create_app(ApiSettings(env="dev", data_dir=tmp_path / "data", models_dir=tmp_path / "models",
                                  trusted_hosts=["cpcnn.test"]))
@@ -386,8 +386,8 @@ def test_async_features_on_the_asgi_app(tmp_path: Path) -> None:
 
 def test_evaluate_sends_the_convention(tmp_path: Path) -> None:
     """Sync: the request carries ``convention``; async: the real app answers with that convention."""
-    from service.app.main import create_app
-    from service.config import ApiSettings
+    from cpcnn.service.app.main import create_app
+    from cpcnn.service.config import ApiSettings
 
     bodies: list[Any] = []
     table = synthetic_profiles(seed=6)

@@ -32,8 +32,7 @@ site = _service.site
 def serve(make_settings: Callable[..., Any]) -> Iterator[Callable[..., httpx.Client]]:
     """``serve(**settings)`` -> a client of a live embedded-mode API (stopped at teardown)."""
     from _servers import live_server
-
-    from service.app.main import create_app
+    from cpcnn.service.app.main import create_app
 
     stack: list[Any] = []
 

@@ -12,11 +12,11 @@ import pytest
 from _hostile import run_probe
 from _servers import live_server
 from _tiny_model import upload
+from cpcnn.service.app.main import create_app
+from cpcnn.service.config import ApiSettings, Limits
 
 from cpcnn.errors import InputError, PayloadTooLarge
 from cpcnn.locations import parse_locations_text
-from service.app.main import create_app
-from service.config import ApiSettings, Limits
 
 CSV_HEADER = "Nuclei_Location_Center_X,Nuclei_Location_Center_Y\n"
 

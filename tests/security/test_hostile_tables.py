@@ -15,11 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from _hostile import run_probe
+from cpcnn.service.app.table_intake import decode_table
+from cpcnn.service.config import Limits
 
 from cpcnn.errors import InputError, PayloadTooLarge
 from cpcnn.profiles.tables import duplicate_names, read_profiles
-from service.app.table_intake import decode_table
-from service.config import Limits
 
 
 def gzip_bomb(n_bytes: int, columns: int = 100) -> bytes:
@@ -130,7 +130,7 @@ def test_table_bombs_keep_peak_memory_near_a_benign_upload(tmp_path: Path) -> No
     benign = tmp_path / "benign.csv"
     benign.write_bytes(b"Metadata_Well,f0,f1\n" + b"A01,1.5,2.5\n" * 1000)
     setup = ("from pathlib import Path\nfrom service.app.table_intake import decode_table\n"
-             "from service.config import Limits\n")
+             "from cpcnn.service.config import Limits\n")
     base = run_probe(setup, f"decode_table(Path({str(benign)!r}).read_bytes(), 'b.csv', None, Limits())")
     assert base["outcome"] == "ok", base
     for name, data in bombs.items():

@@ -19,10 +19,9 @@ from typing import Any
 import httpx
 import pytest
 from _http_fixtures import API_KEY, RSS_BUDGET_BYTES, Served, isolated_env_fixture, served_fixture  # noqa: F401
+from cpcnn.service.app.main import create_app
+from cpcnn.service.config import ApiSettings
 from pydantic import ValidationError
-
-from service.app.main import create_app
-from service.config import ApiSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
@@ -120,11 +119,11 @@ def test_empty_key_is_refused_outside_dev(tmp_path: Path) -> None:
 
 
 def test_no_key_outside_dev_warns_loudly(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="service.config"):
+    with caplog.at_level(logging.WARNING, logger="cpcnn.service.config"):
         ApiSettings(env="prod").warn_if_open()
     assert "NO API KEY" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="service.config"):
+    with caplog.at_level(logging.WARNING, logger="cpcnn.service.config"):
         ApiSettings(env="prod", api_key="k" * 20).warn_if_open()
         ApiSettings(env="dev").warn_if_open()
     assert caplog.text == ""
@@ -179,11 +178,12 @@ def test_trailing_slash_is_not_redirected_to_the_callers_host(keyless_app: Calla
 
 def test_ids_and_model_names_with_a_trailing_newline_do_not_exist() -> None:
     """Python's ``$`` matches before a final newline: every id and name check must be a full match."""
+    from cpcnn.service.profile_store import check_id
+    from cpcnn.service.storage import check_job_id
+
     from cpcnn.client._tables import _ID as client_id
     from cpcnn.errors import CpcnnError
     from cpcnn.store import validate_model_name
-    from service.profile_store import check_id
-    from service.storage import check_job_id
 
     job_id = "0123456789abcdef0123456789abcdef"
     assert check_job_id(job_id) == job_id and check_id(job_id, "table") == job_id

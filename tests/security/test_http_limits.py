@@ -14,15 +14,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from _http_fixtures import RSS_BUDGET_BYTES, Served, served_fixture, stored_result  # noqa: F401
+from cpcnn.service.storage import JobState, JobStore
 
 from cpcnn.io.cells import cells_table
 from cpcnn.locations import Locations
 from cpcnn.schemas import CellsResult, JobStatus
-from service.storage import JobState, JobStore
 
 
 def _document(job_folder: Path, job_id: str, data_dir: Path) -> tuple[bytes, np.ndarray, Locations]:
-    from service.app.results import StoredResult, json_chunks
+    from cpcnn.service.app.results import StoredResult, json_chunks
 
     jobs = JobStore(data_dir)
     features, cells = jobs.load_result(job_id)
@@ -53,7 +53,7 @@ def test_streamed_json_equals_the_pydantic_document(tmp_path: Path, n_cells: int
 
 
 def test_parquet_is_written_once_in_row_groups(tmp_path: Path) -> None:
-    from service.app.results import StoredResult, parquet_file
+    from cpcnn.service.app.results import StoredResult, parquet_file
 
     job_id = stored_result(tmp_path, n_cells=9000, feature_size=3)
     jobs = JobStore(tmp_path)
@@ -72,7 +72,7 @@ def test_parquet_is_written_once_in_row_groups(tmp_path: Path) -> None:
 def test_streamed_results_carry_uploaded_object_numbers(tmp_path: Path) -> None:
     """Uploaded ObjectNumbers (``objects.npy``) reach every row of the streamed JSON and of the Parquet file,
     across row blocks; a result without them is numbered 1..N."""
-    from service.app.results import StoredResult, json_chunks, parquet_file
+    from cpcnn.service.app.results import StoredResult, json_chunks, parquet_file
 
     job_id = stored_result(tmp_path, n_cells=2 * 4096 + 5, feature_size=3)  # three Parquet row groups
     jobs = JobStore(tmp_path)

@@ -18,15 +18,15 @@ import pytest
 import redis
 from _servers import RedisServer, cpcnn_process, free_port, live_server, stop_process, wait_http, wait_until
 from _tiny_model import locations_csv, save_slow_model, synthetic_site, tiff_bytes
+from cpcnn.service.app.main import create_app
+from cpcnn.service.config import ApiSettings, WorkerTuning
+from cpcnn.service.queue import TASK_PATH
+from cpcnn.service.redis_queue import attempts_key
+from cpcnn.service.storage import JobStore
 from rq import Queue
 from rq.serializers import JSONSerializer
 
 from cpcnn._types import CHANNELS
-from service.app.main import create_app
-from service.config import ApiSettings, WorkerTuning
-from service.queue import TASK_PATH
-from service.redis_queue import attempts_key
-from service.storage import JobStore
 
 pytestmark = pytest.mark.slow
 

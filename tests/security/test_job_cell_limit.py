@@ -10,10 +10,10 @@ import httpx
 import pytest
 from _servers import wait_ready
 from _tiny_model import synthetic_site, tiff_bytes
+from cpcnn.service.config import Limits
+from cpcnn.service.worker import tasks
 
 from cpcnn._types import CHANNELS
-from service.config import Limits
-from service.worker import tasks
 
 
 def _files(n_cells: int) -> dict[str, Any]:

@@ -45,7 +45,7 @@ def test_invented_methods_paths_and_statuses_stay_bounded(served: Served) -> Non
 
 
 def test_label_functions() -> None:
-    from service.app.middleware import KNOWN_METHODS, method_label, status_label
+    from cpcnn.service.app.middleware import KNOWN_METHODS, method_label, status_label
 
     assert KNOWN_METHODS == STANDARD_METHODS
     assert method_label("GET") == "GET" and method_label("get") == "other" and method_label("BREW") == "other"

@@ -16,12 +16,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from _profiles_data import synthetic_profiles
+from cpcnn.service.profile_store import ProfileStore, artifact_id
 
 from cpcnn.errors import InputError
 from cpcnn.metrics import evaluate_retrieval
 from cpcnn.profiles import Library, fit_sphering
 from cpcnn.profiles.sphering import check_lambda
-from service.profile_store import ProfileStore, artifact_id
 
 problem = _jobs_fixtures.problem
 

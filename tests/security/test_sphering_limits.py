@@ -12,8 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from _profiles_data import synthetic_profiles
-
-from service.config import Limits
+from cpcnn.service.config import Limits
 
 problem = _jobs_fixtures.problem
 CONTROLS = "Metadata_broad_sample=DMSO"

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 from _profiles_data import synthetic_profiles
+from cpcnn.service.profile_store import ProfileStore, artifact_id
+from cpcnn.service.storage import JobSpec, JobState, JobStore
 
 from cpcnn.profiles import Library, fit_sphering
 from cpcnn.schemas import ImageInfo, JobStatus
-from service.profile_store import ProfileStore, artifact_id
-from service.storage import JobSpec, JobState, JobStore
 
 JOB = "ab" * 16
 HOURS_AGO = time.time() - 2 * 3600

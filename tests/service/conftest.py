@@ -14,10 +14,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _servers import live_server, wait_ready  # noqa: E402
 from _tiny_model import locations_csv, save_tiny_model, synthetic_site, tiff_bytes  # noqa: E402
+from cpcnn.service.app.main import create_app  # noqa: E402
+from cpcnn.service.config import ApiSettings, WorkerTuning  # noqa: E402
 
 from cpcnn._types import CHANNELS  # noqa: E402
-from service.app.main import create_app  # noqa: E402
-from service.config import ApiSettings, WorkerTuning  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -14,10 +14,10 @@ import pytest
 import tifffile
 from _servers import live_server, wait_ready
 from _tiny_model import tiff_bytes, upload
+from cpcnn.service.app.main import create_app
+from cpcnn.service.config import ApiSettings, Limits, QueueSettings
 
 from cpcnn.schemas import JobStatus
-from service.app.main import create_app
-from service.config import ApiSettings, Limits, QueueSettings
 
 KEY = "k" * 24
 
@@ -167,7 +167,7 @@ def test_api_key(make_settings: Callable[..., ApiSettings], site: dict[str, Any]
 @pytest.fixture
 def stalled(make_settings: Callable[..., ApiSettings], monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[httpx.Client, threading.Event]]:
     """An API whose worker blocks inside the first job until released."""
-    import service.queue as local_queue
+    import cpcnn.service.queue as local_queue
 
     release = threading.Event()
     real_run_job = local_queue.run_job

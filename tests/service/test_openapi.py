@@ -12,10 +12,9 @@ import pytest
 import schemathesis
 from _servers import REPO_ROOT, live_server
 from _tiny_model import save_tiny_model
+from cpcnn.service.app.main import create_app
+from cpcnn.service.config import ApiSettings, Limits, WorkerTuning
 from hypothesis import HealthCheck, settings
-
-from service.app.main import create_app
-from service.config import ApiSettings, Limits, WorkerTuning
 
 CONTRACT = REPO_ROOT / "openapi" / "openapi.json"
 

@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 from _profiles_data import LINCS, LINCS_CONTROLS, LINCS_ID, LINCS_MOA, synthetic_profiles
 from _servers import cpcnn_process, free_port, live_server, stop_process, wait_http
+from cpcnn.service.app.main import create_app
+from cpcnn.service.config import ApiSettings
 from fastapi import FastAPI
 
 from cpcnn.metrics import evaluate_retrieval
 from cpcnn.profiles import Library, fit_sphering, read_profiles
-from service.app.main import create_app
-from service.config import ApiSettings
 
 ID, MOA, CONTROLS = "Metadata_broad_sample", "Metadata_moa", "Metadata_broad_sample=DMSO"
 

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from _profiles_data import synthetic_profiles
 from _servers import live_server
-
-from service.app.main import create_app
-from service.config import ApiSettings, Limits
+from cpcnn.service.app.main import create_app
+from cpcnn.service.config import ApiSettings, Limits
 
 ID, MOA, CONTROLS = "Metadata_broad_sample", "Metadata_moa", "Metadata_broad_sample=DMSO"
 MISSING = "0" * 32

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from _profiles_data import synthetic_profiles
 from _servers import REPO_ROOT
+from cpcnn.service.profile_store import ProfileStore, artifact_id
 
 from cpcnn.profiles import Library
-from service.profile_store import ProfileStore, artifact_id
 
 ID, MOA = "Metadata_broad_sample", "Metadata_moa"
 

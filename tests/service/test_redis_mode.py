@@ -13,13 +13,12 @@ import pytest
 import redis
 from _servers import RedisServer, live_server, wait_ready
 from _tiny_model import upload
-
-from service.app.main import create_app
-from service.config import ApiSettings, QueueSettings, WorkerSettings, WorkerTuning
-from service.storage import JobStore
-from service.worker.main import WorkerLoop
-from service.worker.runtime import Runtime
-from service.worker.tasks import WorkerContext, set_context
+from cpcnn.service.app.main import create_app
+from cpcnn.service.config import ApiSettings, QueueSettings, WorkerSettings, WorkerTuning
+from cpcnn.service.storage import JobStore
+from cpcnn.service.worker.main import WorkerLoop
+from cpcnn.service.worker.runtime import Runtime
+from cpcnn.service.worker.tasks import WorkerContext, set_context
 
 
 @pytest.fixture(scope="module")

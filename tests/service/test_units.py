@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 from _servers import REPO_ROOT
 from _tiny_model import save_tiny_model, synthetic_site
+from cpcnn.service.app.results import negotiate
+from cpcnn.service.config import ApiSettings, WorkerSettings, WorkerTuning, load_settings
+from cpcnn.service.metrics import WorkerStats, merge_snapshots
+from cpcnn.service.worker.runtime import Runtime
 from fastapi import HTTPException
 from pydantic import ValidationError
 
 from cpcnn.cli.main import build_parser
 from cpcnn.locations import read_locations
 from cpcnn.nuclei import detect_nuclei
-from service.app.results import negotiate
-from service.config import ApiSettings, WorkerSettings, WorkerTuning, load_settings
-from service.metrics import WorkerStats, merge_snapshots
-from service.worker.runtime import Runtime
 
 SAMPLE = REPO_ROOT.parent / "shared" / "data" / "images" / "pcatlas-BR00143976-C03-s3"
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from cpcnn.service.app.routes import evaluation, health, jobs, libraries, models, tables, transforms
 from fastapi import APIRouter
-
-from service.app.routes import evaluation, health, jobs, libraries, models, tables, transforms
 
 #: Resource routers served under /v1 (a new resource = one module + one entry).
 V1_ROUTERS: list[APIRouter] = [

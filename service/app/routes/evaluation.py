@@ -6,14 +6,14 @@ answer 422 naming why, rather than a result of nulls.
 
 from __future__ import annotations
 
+from cpcnn.service.app.deps import ApiKeyDep, ServiceDep, ServiceState
+from cpcnn.service.app.problems import problem_responses
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from cpcnn.errors import InputError
 from cpcnn.metrics import evaluate_retrieval
 from cpcnn.schemas import EvaluateRequest, Evaluation
-from service.app.deps import ApiKeyDep, ServiceDep, ServiceState
-from service.app.problems import problem_responses
 
 router = APIRouter(tags=["evaluation"], dependencies=[ApiKeyDep])
 

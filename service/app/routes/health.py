@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from cpcnn.service.app.deps import ServiceDep, ServiceState, require_api_key
+from cpcnn.service.app.middleware import host_allowed, host_name, key_matches
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -17,8 +19,6 @@ from starlette.concurrency import run_in_threadpool
 from cpcnn import __version__
 from cpcnn.errors import UnavailableError
 from cpcnn.schemas import Health, Readiness
-from service.app.deps import ServiceDep, ServiceState, require_api_key
-from service.app.middleware import host_allowed, host_name, key_matches
 
 #: What /readyz tells a caller without the key.
 _PUBLIC_READINESS = {"ready", "queue", "queue_reachable"}

@@ -13,6 +13,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from cpcnn.service.app.deps import ApiKeyDep, ServiceDep, ServiceState
+from cpcnn.service.app.problems import problem_responses
+from cpcnn.service.profile_store import artifact_id, selection_key
 from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -29,9 +32,6 @@ from cpcnn.schemas import (
     MatchRequest,
     MatchResult,
 )
-from service.app.deps import ApiKeyDep, ServiceDep, ServiceState
-from service.app.problems import problem_responses
-from service.profile_store import artifact_id, selection_key
 
 router = APIRouter(prefix="/libraries", tags=["libraries"], dependencies=[ApiKeyDep])
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from cpcnn.service.app.deps import ApiKeyDep, ServiceDep
+from cpcnn.service.app.problems import problem_responses
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from cpcnn.errors import InputError, NotFoundError
 from cpcnn.schemas import ModelList, ModelPublic
-from service.app.deps import ApiKeyDep, ServiceDep
-from service.app.problems import problem_responses
 
 router = APIRouter(prefix="/models", tags=["models"], dependencies=[ApiKeyDep])
 

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+from cpcnn.service.app.deps import ApiKeyDep, ServiceDep, ServiceState
+from cpcnn.service.app.intake import read_part
+from cpcnn.service.app.problems import problem_responses
+from cpcnn.service.app.table_intake import decode_table, split_names, table_id_for
+from cpcnn.service.profile_store import check_id
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from cpcnn.errors import InputError, UnsupportedMedia
 from cpcnn.schemas import MEDIA_PARQUET, TableList, TablePublic
-from service.app.deps import ApiKeyDep, ServiceDep, ServiceState
-from service.app.intake import read_part
-from service.app.problems import problem_responses
-from service.app.table_intake import decode_table, split_names, table_id_for
-from service.profile_store import check_id
 
 router = APIRouter(prefix="/tables", tags=["tables"], dependencies=[ApiKeyDep])
 

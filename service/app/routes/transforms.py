@@ -11,6 +11,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from cpcnn.service.app.deps import ApiKeyDep, ServiceDep, ServiceState
+from cpcnn.service.app.problems import problem_responses
+from cpcnn.service.profile_store import artifact_id, check_id, selection_key
 from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -19,9 +22,6 @@ from cpcnn.profiles import ControlSelector, fit_sphering
 from cpcnn.profiles.sphering import check_lambda
 from cpcnn.profiles.tables import feature_columns, table_kinds
 from cpcnn.schemas import TablePublic, TableRef, TransformCreate, TransformList, TransformPublic
-from service.app.deps import ApiKeyDep, ServiceDep, ServiceState
-from service.app.problems import problem_responses
-from service.profile_store import artifact_id, check_id, selection_key
 
 router = APIRouter(prefix="/transforms", tags=["transforms"], dependencies=[ApiKeyDep])
 
