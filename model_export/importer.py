@@ -14,10 +14,10 @@ from typing import Literal
 
 import h5py
 from cpcnn.model_export.export_onnx import export_onnx
-from cpcnn.model_export.keras_h5 import load_keras_h5
 from cpcnn.model_export.verify import verify_onnx
 from cpcnn.training.arch import feature_width
 from cpcnn.training.checkpoint import load_checkpoint
+from cpcnn.training.keras_h5 import load_keras_h5
 from cpcnn.training.net import EfficientNetB0, FeatureExtractor
 
 from cpcnn._types import CHANNELS, CROP_SIZE, FEATURE_LAYER, NORMALIZATIONS, Normalization

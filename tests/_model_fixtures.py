@@ -19,7 +19,7 @@ from typing import Literal
 import h5py
 import numpy as np
 import torch
-from cpcnn.model_export.keras_h5 import tensor_slots, to_keras_layout
+from cpcnn.training.keras_h5 import tensor_slots, to_keras_layout
 from cpcnn.training.net import EfficientNetB0
 
 

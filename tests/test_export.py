@@ -12,13 +12,13 @@ import onnx
 import pytest
 import torch
 from _model_fixtures import keras_tensors, random_crops, seeded_net, torch_threads, write_keras_h5
+from cpcnn.model_export import cli as models_cli
 from cpcnn.model_export.export_onnx import export_onnx, read_manifest
 from cpcnn.model_export.importer import import_weights
 from cpcnn.model_export.verify import cpu_session, verify_onnx
 from cpcnn.training.checkpoint import save_checkpoint
 from cpcnn.training.net import EfficientNetB0, FeatureExtractor
 
-from cpcnn.cli import models_cmds
 from cpcnn.errors import ConflictError, InputError, ModelImportError
 from cpcnn.manifest import ONNX_METADATA_KEY, ModelManifest, sha256_file
 from cpcnn.store import ModelStore
@@ -109,7 +109,7 @@ def test_import_checkpoint_keeps_its_normalization_and_other_layers(
 
 def _run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="cpcnn")
-    models_cmds.register(parser.add_subparsers(dest="command", required=True))
+    models_cli.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return int(args.func(args))
 
@@ -131,16 +131,15 @@ def test_models_commands(
 def test_models_import_without_train_extra(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    real_find_spec = models_cmds.importlib.util.find_spec
+    real_find_spec = models_cli.importlib.util.find_spec
     monkeypatch.setattr(
-        models_cmds.importlib.util,
+        models_cli.importlib.util,
         "find_spec",
         lambda name: None if name == "torch" else real_find_spec(name),
     )
     assert _run(["models", "import", str(tmp_path / "x.h5")]) == 1
-    assert (
-        capsys.readouterr().err.strip() == "model import needs the 'train' extra: pip install 'cpcnn[train]'"
-    )
+    assert capsys.readouterr().err.strip() == models_cli.TRAIN_EXTRA_HINT
+    assert "cpcnn[serve,train]" in models_cli.TRAIN_EXTRA_HINT
 
 
 def test_exported_graph_has_pads_folded_into_convolutions(exported: Path) -> None:

@@ -16,9 +16,9 @@ from typing import Any
 import cpcnn.model_export.fetch as fetch_module
 import pytest
 from _model_fixtures import keras_tensors, seeded_net, torch_threads, write_keras_h5
+from cpcnn.model_export import cli as models_cli
 from cpcnn.model_export.fetch import CNN1_FILENAME, RECORD_URL_ENV, fetch_cnn1
 
-from cpcnn.cli import models_cmds
 from cpcnn.errors import ConflictError, DownloadError
 from cpcnn.store import ModelStore, StoredModel
 
@@ -242,7 +242,7 @@ def test_cli_fetch_offline_raises_for_the_main_error_handler(
     monkeypatch.setenv(RECORD_URL_ENV, f"http://127.0.0.1:{port}{RECORD_PATH}")
     monkeypatch.setenv("CPCNN_HOME", str(tmp_path))
     parser = argparse.ArgumentParser(prog="cpcnn")
-    models_cmds.register(parser.add_subparsers(dest="command", required=True))
+    models_cli.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["models", "fetch", "cnn1", "--no-progress"])
     with pytest.raises(DownloadError, match="seems offline"):
         args.func(args)

@@ -18,8 +18,8 @@ from _model_fixtures import (
     write_nested_keras_h5,
 )
 from cpcnn.model_export.importer import detect_format
-from cpcnn.model_export.keras_h5 import load_keras_h5, tensor_slots
 from cpcnn.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from cpcnn.training.keras_h5 import load_keras_h5, tensor_slots
 from cpcnn.training.net import EfficientNetB0
 
 from cpcnn.errors import InputError, ModelImportError

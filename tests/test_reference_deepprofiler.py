@@ -125,7 +125,7 @@ class FieldAccuracy:
 @pytest.fixture(scope="module")
 def accuracy(reference: tuple[Path, dict[str, Any]], models: list[StoredModel]) -> list[FieldAccuracy]:
     """Ours, DeepProfiler's and float64 features of every field of every run."""
-    from cpcnn.model_export.keras_h5 import load_keras_h5
+    from cpcnn.training.keras_h5 import load_keras_h5
 
     out, manifest = reference
     results = []

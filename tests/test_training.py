@@ -21,16 +21,22 @@ from cpcnn.training.checkpoint import load_checkpoint
 from cpcnn.training.config import TrainConfig, make_config
 from cpcnn.training.data import balanced_epoch, load_or_build_cache, prepare_data, read_index, split_cells
 from cpcnn.training.loop import initial_network, make_optimizer, train
-from cpcnn.training.main import main
 from cpcnn.training.net import EfficientNetB0
 from cpcnn.training.stem import adapt_stem, load_imagenet
 
 from cpcnn._types import CHANNELS
+from cpcnn.cli.main import main
 from cpcnn.crops import crop_cells
 from cpcnn.errors import InputError
 from cpcnn.io.images import read_site
 from cpcnn.locations import read_locations
 from cpcnn.store import ModelStore
+
+
+def train_cli(argv: list[str]) -> int:
+    """``cpcnn train ARGV`` in this process."""
+    return main(["train", *argv])
+
 
 SIDE = 200
 CENTERS = ((60.0, 60.0), (140.0, 62.0), (58.0, 139.0), (141.0, 141.0), (100.0, 100.0))
@@ -256,7 +262,7 @@ def test_training_lowers_loss_on_a_repeated_batch(index: Path, tmp_path: Path) -
 def test_train_cli_end_to_end_resume_and_import(index: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     common = [
-        "train",
+        "run",
         "--index",
         str(index),
         "--out",
@@ -272,14 +278,14 @@ def test_train_cli_end_to_end_resume_and_import(index: Path, tmp_path: Path) -> 
         "--val-max-cells",
         "4",
     ]
-    assert main([*common, "--max-steps", "2"]) == 0
+    assert train_cli([*common, "--max-steps", "2"]) == 0
     last = out / "last.pt"
     checkpoint = load_checkpoint(last)
     assert checkpoint.num_classes == 2 and checkpoint.config["classes"] == ["A", "B"]
     assert checkpoint.config["progress"] == {"epoch": 0, "epoch_step": 2, "step": 2}
     assert json.loads((out / "config.json").read_text())["lr"] == 0.005
-    assert main(common) == 1  # a run is there: refuse to overwrite it
-    assert main([*common, "--resume", str(last), "--max-steps", "5"]) == 0
+    assert train_cli(common) == 1  # a run is there: refuse to overwrite it
+    assert train_cli([*common, "--resume", str(last), "--max-steps", "5"]) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(r["epoch"], r["step"], r["complete"]) for r in rows] == [
         (1, 2, False),
@@ -310,7 +316,7 @@ def test_resume_reproduces_an_uninterrupted_run(index: Path, tmp_path: Path) -> 
 def test_init_command_writes_an_importable_checkpoint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["init", "--out", str(tmp_path / "x.pt"), "--seed", "1", "--num-classes", "7"]) == 0
+    assert train_cli(["init", "--out", str(tmp_path / "x.pt"), "--seed", "1", "--num-classes", "7"]) == 0
     checkpoint = load_checkpoint(tmp_path / "x.pt")
     assert checkpoint.num_classes == 7 and checkpoint.config["init"] == "random"
     assert "random init" in capsys.readouterr().out
@@ -341,7 +347,7 @@ def test_cli_errors_are_one_line(
         index.write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n")  # drop the last column
     if case == "missing_file":
         (tmp_path / "img" / "P1_A02_s1_ER.tif").unlink()
-    code = main(["-q", "train", "--index", str(index), "--out", str(tmp_path / "run"), *args])
+    code = train_cli(["run", "-q", "--index", str(index), "--out", str(tmp_path / "run"), *args])
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and message in err, err
 

@@ -1,7 +1,7 @@
-"""``python -m cpcnn.training``: see :mod:`cpcnn.training.main`."""
+"""``python -m cpcnn.training ARGS``: an alias of ``cpcnn train ARGS`` (see :mod:`cpcnn.training.cli`)."""
 
 import sys
 
-from cpcnn.training.main import main
+from cpcnn.cli.main import main
 
-sys.exit(main())
+sys.exit(main(["train", *sys.argv[1:]]))

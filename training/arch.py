@@ -18,6 +18,8 @@ BN_MOMENTUM = 0.01
 SE_RATIO = 0.25
 #: Stochastic depth rate of the last block; block ``i`` drops with ``DROP_CONNECT_RATE * i / n_blocks``.
 DROP_CONNECT_RATE = 0.2
+#: Classes of the CNN-1 weakly supervised task (DeepProfiler's ``ClassProb`` head).
+CNN1_NUM_CLASSES = 490
 
 
 @dataclass(frozen=True)

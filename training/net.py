@@ -17,6 +17,7 @@ from cpcnn.training.arch import (
     B0_BLOCKS,
     BN_EPS,
     BN_MOMENTUM,
+    CNN1_NUM_CLASSES,
     DROP_CONNECT_RATE,
     FEATURE_LAYERS,
     STEM_CH,
@@ -28,9 +29,6 @@ from cpcnn.training.arch import (
 from torch import nn
 
 from cpcnn._types import FEATURE_LAYER
-
-#: Classes of the CNN-1 weakly supervised task (DeepProfiler's ``ClassProb`` head).
-CNN1_NUM_CLASSES = 490
 
 
 class SameConv2d(nn.Conv2d):

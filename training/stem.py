@@ -18,8 +18,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-from cpcnn.model_export.keras_h5 import HEAD_NAMES, read_keras_h5, state_dict_from_keras, tensor_slots
 from cpcnn.training.checkpoint import CHECKPOINT_FORMAT
+from cpcnn.training.keras_h5 import HEAD_NAMES, read_keras_h5, state_dict_from_keras, tensor_slots
 from cpcnn.training.net import EfficientNetB0
 
 from cpcnn.errors import ModelImportError

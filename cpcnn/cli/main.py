@@ -1,17 +1,33 @@
-"""``cpcnn`` entry point: build the parser from each command group, run, turn errors into one line."""
+"""``cpcnn`` entry point: build the parser from each command group, run, turn errors into one line.
+
+The domain's own commands (``embed`` and the profiles workflow) live in this package. The layers above
+it (``serve``/``worker``, ``models``, ``train``) own their commands and announce them as entry points in
+the ``cpcnn.commands`` group (see pyproject.toml); this module finds them through the installed package's
+metadata and never imports a layer above the domain itself.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 
 from cpcnn import __version__
-from cpcnn.cli import embed_cmds, models_cmds, profiles_cmds, serve_cmds
+from cpcnn.cli import embed_cmds, profiles_cmds
 from cpcnn.errors import CpcnnError
 
-COMMAND_GROUPS = (embed_cmds, models_cmds, profiles_cmds, serve_cmds)
+#: Entry-point group through which installed layers add command groups: ``name = "module:register"``.
+ENTRY_POINT_GROUP = "cpcnn.commands"
+
+Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+
+def command_groups() -> list[Register]:
+    """The domain's ``register`` functions, then each installed layer's, in entry-point name order."""
+    layers = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda point: point.name)
+    return [embed_cmds.register, profiles_cmds.register, *(point.load() for point in layers)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cpcnn {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in COMMAND_GROUPS:
-        group.register(commands)
+    for register in command_groups():
+        register(commands)
     return parser
 
 
@@ -46,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _extra_hint(module: str | None) -> str:
-    train = {"torch", "onnx", "h5py"}
+    train = {"torch", "h5py"}
     plots = {"matplotlib"}
     root = (module or "").split(".")[0]
     if root in train:

@@ -1,7 +1,7 @@
 """``cpcnn models``: import or fetch weights into the local model store, list and inspect it.
 
-Importing needs torch (the 'train' extra); listing and inspecting do not, so torch and
-``model_export`` are imported inside the handlers that use them.
+Importing needs torch (the 'train' extra) and ONNX Runtime (the 'serve' or 'gpu' extra); listing and
+inspecting need neither, so the importer is imported inside the handlers that use it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ from pathlib import Path
 from cpcnn._types import FEATURE_LAYER, NORMALIZATIONS
 from cpcnn.store import ModelStore
 
-TRAIN_EXTRA_HINT = "model import needs the 'train' extra: pip install 'cpcnn[train]'"
+TRAIN_EXTRA_HINT = (
+    "model import needs the 'train' extra and ONNX Runtime: pip install 'cpcnn[serve,train]' "
+    "(or 'cpcnn[gpu,train]')"
+)
 _TRAIN_MODULES = ("torch", "onnx", "h5py", "onnxruntime")
 
 

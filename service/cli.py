@@ -1,6 +1,6 @@
 """``cpcnn serve`` (the API, with an in-process worker unless Redis is configured) and ``cpcnn worker``.
 
-Options override ``CPCNN_*`` environment variables, which override defaults (see service/config.py).
+Options override ``CPCNN_*`` environment variables, which override defaults (see :mod:`cpcnn.service.config`).
 """
 
 from __future__ import annotations
@@ -68,7 +68,6 @@ def _tuning(args: argparse.Namespace) -> dict[str, Any] | None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
-
     from cpcnn.service.app.main import create_app
     from cpcnn.service.app.server import server_config
     from cpcnn.service.config import ApiSettings, load_settings

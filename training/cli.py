@@ -1,39 +1,36 @@
-"""``python -m cpcnn.training``: train CNN-1 on a site index, or write a freshly initialized checkpoint.
+"""``cpcnn train``: train CNN-1 on a site index (``run``), or write a freshly initialized checkpoint (``init``).
 
 Only parsing and printing live here; :mod:`cpcnn.training.data` and :mod:`cpcnn.training.loop` do the work.
-A deliberate error (bad index, missing file, too few classes) prints one line and exits 1.
+torch is imported inside the handlers, so ``cpcnn --help`` and the other commands work without the
+'train' extra. A deliberate error (bad index, missing file, too few classes) prints one line and exits 1.
+``python -m cpcnn.training ARGS`` is the same as ``cpcnn train ARGS``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-from cpcnn.training.checkpoint import save_checkpoint
+from cpcnn.training.arch import CNN1_NUM_CLASSES
 from cpcnn.training.config import TrainConfig, make_config
-from cpcnn.training.data import prepare_data
-from cpcnn.training.loop import initial_network, train
-from cpcnn.training.net import CNN1_NUM_CLASSES
 
 from cpcnn._types import NORMALIZATIONS
-from cpcnn.errors import CpcnnError, InputError
+from cpcnn.errors import InputError
 
-PROG = "python -m cpcnn.training"
 _DEFAULTS = TrainConfig()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Train Cell Painting CNN-1 (EfficientNet-B0, 5 channels)."
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser(
+        "train",
+        help="train CNN-1 on a site index, or write a freshly initialized checkpoint",
+        description="Train Cell Painting CNN-1 (EfficientNet-B0, 5 channels). Needs the 'train' extra.",
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="train_command", metavar="ACTION", required=True)
 
-    run = commands.add_parser("train", help="train on a site index (weakly supervised: classify the label)")
+    run = sub.add_parser("run", help="train on a site index (weakly supervised: classify the label)")
+    run.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress log")
     run.add_argument("--index", type=Path, required=True, help="CSV/Parquet, one row per site")
     run.add_argument("--label", default=_DEFAULTS.label, help="class column (default %(default)s)")
     run.add_argument("--out", type=Path, required=True, help="run folder for checkpoints and metrics")
@@ -78,18 +75,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default="auto", help="cpu, cuda or cuda:N (default auto: CUDA when torch sees a GPU)"
     )
     run.add_argument("--log-every", type=int, default=50, help="log training loss every N steps")
-    run.set_defaults(func=cmd_train)
+    run.set_defaults(func=cmd_run)
 
-    init = commands.add_parser("init", help="write a checkpoint with freshly initialized weights")
+    init = sub.add_parser("init", help="write a checkpoint with freshly initialized weights")
+    init.add_argument("-q", "--quiet", action="store_true", help="no progress log")
     init.add_argument("--out", type=Path, required=True, help="checkpoint file to write (.pt)")
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--num-classes", type=int, default=CNN1_NUM_CLASSES)
     init.add_argument("--imagenet-weights", type=Path, help="start the backbone from ImageNet weights")
     init.set_defaults(func=cmd_init)
-    return parser
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _log_progress(args: argparse.Namespace) -> None:
+    """Training logs its epochs at INFO, whatever ``cpcnn -v`` set for the rest."""
+    if not args.quiet:
+        logging.getLogger("cpcnn.training").setLevel(logging.INFO)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import torch
+    from cpcnn.training.data import prepare_data
+    from cpcnn.training.loop import train
+
+    _log_progress(args)
     holdout = tuple(p.strip() for p in args.holdout_plates.split(",") if p.strip())
     config = make_config(
         label=args.label,
@@ -148,6 +156,10 @@ def _summary(row: dict[str, object]) -> str:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    from cpcnn.training.checkpoint import save_checkpoint
+    from cpcnn.training.loop import initial_network
+
+    _log_progress(args)
     if args.num_classes < 1:
         raise InputError(f"--num-classes must be at least 1, got {args.num_classes}")
     config = make_config(
@@ -164,19 +176,3 @@ def cmd_init(args: argparse.Namespace) -> int:
     )
     print(f"wrote {path} ({init} init, seed {args.seed}, {args.num_classes} classes)")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        return int(args.func(args))
-    except CpcnnError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
