@@ -23,6 +23,9 @@ from cpcnn.errors import ConflictError, InputError, ModelImportError
 from cpcnn.manifest import ONNX_METADATA_KEY, ModelManifest, sha256_file
 from cpcnn.store import ModelStore
 
+#: torch takes seconds to import; `pytest -m "not slow"` does not import this module.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread() -> Iterator[None]:

@@ -22,6 +22,9 @@ from cpcnn.model_export.fetch import CNN1_FILENAME, RECORD_URL_ENV, fetch_cnn1
 from cpcnn.errors import ConflictError, DownloadError
 from cpcnn.store import ModelStore, StoredModel
 
+#: torch takes seconds to import; `pytest -m "not slow"` does not import this module.
+pytestmark = pytest.mark.slow
+
 RECORD_PATH = "/api/records/7114558"
 FILE_PATH = f"/files/{CNN1_FILENAME}"
 

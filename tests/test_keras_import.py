@@ -24,6 +24,9 @@ from cpcnn.training.net import EfficientNetB0
 
 from cpcnn.errors import InputError, ModelImportError
 
+#: torch takes seconds to import; `pytest -m "not slow"` does not import this module.
+pytestmark = pytest.mark.slow
+
 KERAS_WEIGHT_TENSORS = 311  # REFERENCE.md: the CNN-1 Keras model has 311 weight tensors
 
 

@@ -11,6 +11,9 @@ from _model_fixtures import random_crops, seeded_net, torch_threads
 from cpcnn.training.arch import B0_BLOCKS, FEATURE_LAYERS, feature_width, tf_same_pads
 from cpcnn.training.net import EfficientNetB0, FeatureExtractor, SameConv2d
 
+#: torch takes seconds to import; `pytest -m "not slow"` does not import this module.
+pytestmark = pytest.mark.slow
+
 # efficientnet.tfkeras.EfficientNetB0(include_top=False, weights=None, input_shape=(128, 128, 5)) + pool5 +
 # Dense(490): Keras count_params() = 4,677,830, of which 42,016 are BN moving means/variances.
 KERAS_PARAMS_TOTAL = 4_677_830

@@ -22,6 +22,9 @@ from cpcnn.manifest import ModelManifest
 from cpcnn.onnx_graph import GRAPH_REVISION, GRAPH_REVISION_KEY, MIN_SPLIT_PIXELS, pool_block
 from cpcnn.store import StoredModel
 
+#: torch takes seconds to import; `pytest -m "not slow"` does not import this module.
+pytestmark = pytest.mark.slow
+
 #: Worst relative error of a pool over >= 256 pixels in the fast path (measured 2.6e-7 split, 1.3e-6
 #: to 1.9e-6 as one GlobalAveragePool on the same network and crops).
 POOL_RTOL = 6e-7

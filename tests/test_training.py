@@ -32,6 +32,9 @@ from cpcnn.io.images import read_site
 from cpcnn.locations import read_locations
 from cpcnn.store import ModelStore
 
+#: torch takes seconds to import; `pytest -m "not slow"` does not import this module.
+pytestmark = pytest.mark.slow
+
 
 def train_cli(argv: list[str]) -> int:
     """``cpcnn train ARGV`` in this process."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,14 +18,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from _servers import cpcnn_process, free_port, stop_process, wait_until
+from _tiny_model import save_tiny_model
+from cpcnn.service.storage import JobSpec, JobState, JobStore
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from _servers import cpcnn_process, free_port, stop_process, wait_until  # noqa: E402
-from _tiny_model import save_tiny_model  # noqa: E402
-from cpcnn.service.storage import JobSpec, JobState, JobStore  # noqa: E402
-
-from cpcnn.schemas import ImageInfo, JobStatus  # noqa: E402
+from cpcnn.schemas import ImageInfo, JobStatus
 
 API_KEY = "security-test-key-0123456789abcdef"
 #: Short limits so the slow-client tests take seconds.

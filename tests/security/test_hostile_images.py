@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import struct
-import sys
 import zlib
 from pathlib import Path
 
@@ -12,13 +11,10 @@ import imagecodecs
 import numpy as np
 import pytest
 import tifffile
+from _hostile import run_probe
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _hostile import run_probe  # noqa: E402
-
-from cpcnn.errors import InputError, PayloadTooLarge, UnsupportedMedia  # noqa: E402
-from cpcnn.io.images import MAX_TIFF_PAGES, read_channel, read_stack  # noqa: E402
+from cpcnn.errors import InputError, PayloadTooLarge, UnsupportedMedia
+from cpcnn.io.images import MAX_TIFF_PAGES, read_channel, read_stack
 
 
 def _tiff(plane: np.ndarray, **kwargs: object) -> bytes:

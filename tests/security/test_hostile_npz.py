@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import io
 import random
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _hostile import (  # noqa: E402
+from _hostile import (
     NPZ_DIR,
     dtype_ops,
     metadata_dict_pickle,
@@ -24,11 +20,11 @@ from _hostile import (  # noqa: E402
     write_npz,
 )
 
-from cpcnn.errors import InputError, PayloadTooLarge  # noqa: E402
-from cpcnn.io.cells import write_cells  # noqa: E402
-from cpcnn.profiles._npz import read_site, read_site_metadata  # noqa: E402
-from cpcnn.profiles._npz_metadata import MAX_DEPTH, parse_metadata_pickle  # noqa: E402
-from cpcnn.profiles.tables import read_profiles  # noqa: E402
+from cpcnn.errors import InputError, PayloadTooLarge
+from cpcnn.io.cells import write_cells
+from cpcnn.profiles._npz import read_site, read_site_metadata
+from cpcnn.profiles._npz_metadata import MAX_DEPTH, parse_metadata_pickle
+from cpcnn.profiles.tables import read_profiles
 
 REAL_SITES = sorted(NPZ_DIR.glob("*.npz")) if NPZ_DIR.is_dir() else []
 needs_real = pytest.mark.skipif(not REAL_SITES, reason="shared DeepProfiler example data not present")

@@ -19,14 +19,12 @@ from typing import Any
 import httpx
 import pytest
 from _http_fixtures import API_KEY, RSS_BUDGET_BYTES, Served, isolated_env_fixture, served_fixture  # noqa: F401
+from _servers import live_server
 from cpcnn.service.app.main import create_app
 from cpcnn.service.config import ApiSettings
 from pydantic import ValidationError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO_ROOT / "tests"))
-
-from _servers import live_server  # noqa: E402
 
 
 def _ids(path: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,10 @@ import numpy as np
 import pytest
 import schemathesis
 from _http_fixtures import API_KEY, start_server  # noqa: F401
+from _servers import stop_process
+from _tiny_model import tiff_bytes
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from _servers import stop_process  # noqa: E402
-from _tiny_model import tiff_bytes  # noqa: E402
 
 CONTRACT = Path(__file__).resolve().parents[2] / "openapi" / "openapi.json"
 TARGETS = r"^/v1/(jobs|tables|transforms|evaluate|libraries/\{library_id\}/match)$"
