@@ -21,7 +21,7 @@ if ! "$cpcnn" models info cnn1 >/dev/null 2>&1; then
         echo "!!     $cpcnn models import Cell_Painting_CNN_v1.hdf5 --name cnn1"
         if ! "$cpcnn" models info "$model" >/dev/null 2>&1; then
             mkdir -p out
-            .venv/bin/python -m cpcnn.training init --out out/cnn1-untrained.pt --seed 0
+            "$cpcnn" train init --out out/cnn1-untrained.pt --seed 0
             "$cpcnn" models import out/cnn1-untrained.pt --name "$model"
         fi
     fi
