@@ -8,6 +8,7 @@ that reaches the wrong way fails here even though importing the module alone wou
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 import tomllib
@@ -158,3 +159,38 @@ def test_modules_stay_short() -> None:
         if lines > 600:
             long.append(f"{module}: {lines}")
     assert not long, long
+
+
+def expand_extras(*extras: str) -> set[str]:
+    """Project names the given extras of cpcnn require, following ``cpcnn[...]`` references."""
+    optional = PYPROJECT["project"]["optional-dependencies"]
+    names: set[str] = set()
+    pending, seen = list(extras), set()
+    while pending:
+        extra = pending.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for requirement in optional[extra]:
+            name = re.split(r"[\[<>=!~ ;]", requirement, maxsplit=1)[0]
+            if name == "cpcnn":
+                pending += re.findall(r"[\w-]+", requirement.split("[", 1)[1])
+            else:
+                names.add(name)
+    return names
+
+
+def test_gpu_and_train_extras_never_install_the_cpu_runtime() -> None:
+    assert "onnxruntime" not in expand_extras("gpu", "train")
+    assert "onnxruntime-gpu" in expand_extras("gpu", "train")
+    assert "onnxruntime" not in expand_extras("train")  # so it combines with either runtime
+    assert {"onnxruntime", "torch", "h5py", "fastapi"} <= expand_extras("dev")
+
+
+def test_extras_do_not_repeat_each_other() -> None:
+    """A requirement is listed once; extras that share one reference each other instead."""
+    optional = PYPROJECT["project"]["optional-dependencies"]
+    listed = [r for requirements in optional.values() for r in requirements if not r.startswith("cpcnn[")]
+    repeated = {r for r in listed if listed.count(r) > 1}
+    base = set(PYPROJECT["project"]["dependencies"])
+    assert not repeated and not base & set(listed), (repeated, base & set(listed))
