@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Protocol
 
-from cpcnn.service.metrics import QueueSnapshot
-from cpcnn.service.storage import JobStore
+from cpcnn.service.job_store import JobStore
+from cpcnn.service.prometheus import QueueSnapshot
 from cpcnn.service.worker.runtime import Runtime
 from cpcnn.service.worker.tasks import WorkerContext, record_failure, run_job
 

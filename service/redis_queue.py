@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 from cpcnn.service.config import QueueSettings
-from cpcnn.service.metrics import QueueSnapshot, merge_snapshots
+from cpcnn.service.prometheus import QueueSnapshot, merge_snapshots
 from cpcnn.service.queue import FAILURE_CALLBACK_PATH, TASK_PATH, queue_name
 from rq import Callback, Queue, Retry
 from rq.exceptions import NoSuchJobError

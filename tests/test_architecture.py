@@ -18,7 +18,7 @@ def imported_modules(statement: str) -> set[str]:
 
 def test_domain_package_imports_no_service_or_training_stack() -> None:
     loaded = imported_modules(
-        "import cpcnn, cpcnn.crops, cpcnn.locations, cpcnn.io.images, cpcnn.embedding, cpcnn.store, "
+        "import cpcnn, cpcnn.crops, cpcnn.locations, cpcnn.io.images, cpcnn.embedding, cpcnn.model_store, "
         "cpcnn.profiles, cpcnn.metrics"
     )
     assert not loaded & set(HEAVY), loaded & set(HEAVY)

@@ -21,7 +21,7 @@ from cpcnn.training.net import EfficientNetB0, FeatureExtractor
 from cpcnn.cli import models_cmds
 from cpcnn.errors import ConflictError, InputError, ModelImportError
 from cpcnn.manifest import ONNX_METADATA_KEY, ModelManifest, sha256_file
-from cpcnn.store import ModelStore
+from cpcnn.model_store import ModelStore
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -20,7 +20,7 @@ from cpcnn.model_export.fetch import CNN1_FILENAME, RECORD_URL_ENV, fetch_cnn1
 
 from cpcnn.cli import models_cmds
 from cpcnn.errors import ConflictError, DownloadError
-from cpcnn.store import ModelStore, StoredModel
+from cpcnn.model_store import ModelStore, StoredModel
 
 RECORD_PATH = "/api/records/7114558"
 FILE_PATH = f"/files/{CNN1_FILENAME}"

@@ -19,8 +19,8 @@ from onnx import helper
 from cpcnn import embedding
 from cpcnn.embedding import Embedder
 from cpcnn.manifest import ModelManifest
+from cpcnn.model_store import StoredModel
 from cpcnn.onnx_graph import GRAPH_REVISION, GRAPH_REVISION_KEY, MIN_SPLIT_PIXELS, pool_block
-from cpcnn.store import StoredModel
 
 #: Worst relative error of a pool over >= 256 pixels in the fast path (measured 2.6e-7 split, 1.3e-6
 #: to 1.9e-6 as one GlobalAveragePool on the same network and crops).

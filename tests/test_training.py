@@ -30,7 +30,7 @@ from cpcnn.crops import crop_cells
 from cpcnn.errors import InputError
 from cpcnn.io.images import read_site
 from cpcnn.locations import read_locations
-from cpcnn.store import ModelStore
+from cpcnn.model_store import ModelStore
 
 SIDE = 200
 CENTERS = ((60.0, 60.0), (140.0, 62.0), (58.0, 139.0), (141.0, 141.0), (100.0, 100.0))

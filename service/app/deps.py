@@ -7,15 +7,15 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from cpcnn.service.config import ApiSettings
-from cpcnn.service.metrics import ApiMetrics
+from cpcnn.service.job_store import JobStore
 from cpcnn.service.profile_store import ProfileStore
+from cpcnn.service.prometheus import ApiMetrics
 from cpcnn.service.queue import JobQueue
-from cpcnn.service.storage import JobStore
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 
+from cpcnn.model_store import ModelStore
 from cpcnn.schemas import API_KEY_HEADER
-from cpcnn.store import ModelStore
 
 
 @dataclass

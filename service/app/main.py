@@ -15,10 +15,10 @@ from cpcnn.service.app.deps import ServiceState
 from cpcnn.service.app.middleware import ApiKeyGate, BodyLimit, RequestMetrics, TrustedHosts
 from cpcnn.service.app.routes import ROOT_ROUTERS, V1_ROUTERS
 from cpcnn.service.config import ApiSettings
-from cpcnn.service.metrics import ApiMetrics
+from cpcnn.service.job_store import JobStore
 from cpcnn.service.profile_store import ProfileStore
+from cpcnn.service.prometheus import ApiMetrics
 from cpcnn.service.queue import JobQueue, LocalQueue
-from cpcnn.service.storage import JobStore
 from cpcnn.service.worker.runtime import Runtime
 from fastapi import FastAPI
 from fastapi.routing import APIRoute

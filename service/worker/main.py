@@ -21,9 +21,9 @@ from typing import Any
 
 import redis
 from cpcnn.service.config import WorkerSettings
+from cpcnn.service.job_store import JobStore
 from cpcnn.service.queue import queue_name
 from cpcnn.service.redis_queue import RedisAttempts, WorkerRegistry, connect
-from cpcnn.service.storage import JobStore
 from cpcnn.service.worker.runtime import Runtime
 from cpcnn.service.worker.tasks import WorkerContext, set_context
 from rq import Queue

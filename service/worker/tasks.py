@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-from cpcnn.service.storage import JobSpec, JobState, JobStore, utcnow
+from cpcnn.service.job_store import JobSpec, JobState, JobStore, utcnow
 from cpcnn.service.worker.runtime import Runtime
 
 from cpcnn._types import F32Array, F64Array

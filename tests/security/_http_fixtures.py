@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _servers import cpcnn_process, free_port, stop_process, wait_until  # noqa: E402
 from _tiny_model import save_tiny_model  # noqa: E402
-from cpcnn.service.storage import JobSpec, JobState, JobStore  # noqa: E402
+from cpcnn.service.job_store import JobSpec, JobState, JobStore  # noqa: E402
 
 from cpcnn.schemas import ImageInfo, JobStatus  # noqa: E402
 

@@ -15,7 +15,7 @@ from _servers import RedisServer, live_server, wait_ready
 from _tiny_model import upload
 from cpcnn.service.app.main import create_app
 from cpcnn.service.config import ApiSettings, QueueSettings, WorkerSettings, WorkerTuning
-from cpcnn.service.storage import JobStore
+from cpcnn.service.job_store import JobStore
 from cpcnn.service.worker.main import WorkerLoop
 from cpcnn.service.worker.runtime import Runtime
 from cpcnn.service.worker.tasks import WorkerContext, set_context

@@ -10,7 +10,7 @@ from cpcnn.service.app.deps import ApiKeyDep, ServiceDep, ServiceState
 from cpcnn.service.app.intake import Submission, job_id_for, prepare, read_part, site_metadata
 from cpcnn.service.app.problems import problem_responses
 from cpcnn.service.app.results import StoredResult, json_chunks, negotiate, parquet_file
-from cpcnn.service.storage import check_job_id
+from cpcnn.service.job_store import check_job_id
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
