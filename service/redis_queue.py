@@ -177,6 +177,10 @@ class RedisQueue:
         with redis_errors(self.settings.retry_after_s):
             return [worker_public(r) for r in self.registry.live()]
 
+    def load_error(self) -> str | None:
+        """Workers load models in their own processes; one that cannot load never announces itself."""
+        return None
+
     def snapshot(self) -> QueueSnapshot:
         try:
             with redis_errors(self.settings.retry_after_s):

@@ -58,8 +58,7 @@ def check_ready(service: ServiceState) -> Readiness:
         return Readiness(ready=False, queue=kind, queue_reachable=False, reasons=[str(exc)])
     reasons = []
     if not any(model in w.models and w.warmed for w in workers):
-        load_error = getattr(service.queue, "load_error", None)
-        reasons.append(load_error or f"no worker has model {model!r} loaded and warmed yet")
+        reasons.append(service.queue.load_error() or f"no worker has model {model!r} loaded and warmed yet")
     return Readiness(ready=not reasons, queue=kind, queue_reachable=True, queue_depth=depth, workers=workers,
                      reasons=reasons)
 
