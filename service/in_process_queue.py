@@ -126,5 +126,3 @@ class InProcessQueue:
                 lifecycle.after_crash(self.jobs, job_id, problem_for(exc, job_id), final=final)
                 if not final:
                     self._ids.put((job_id, crashes + 1))
-            finally:
-                self._ids.task_done()
