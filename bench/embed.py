@@ -34,7 +34,7 @@ from cpcnn.crops import crop_cells  # noqa: E402
 from cpcnn.embedding import Embedder  # noqa: E402
 from cpcnn.io.images import read_site  # noqa: E402
 from cpcnn.locations import read_locations  # noqa: E402
-from cpcnn.store import ModelStore, StoredModel  # noqa: E402
+from cpcnn.model_store import ModelStore, StoredModel  # noqa: E402
 
 
 def deepprofiler_python() -> Path | None:

@@ -59,7 +59,7 @@ def load_site() -> tuple[dict[str, bytes], np.ndarray, str]:
 
 def build_model(kind: str, home: Path) -> str:
     """Put the benchmark model into ``home/models``; returns its name."""
-    from cpcnn.store import ModelStore
+    from cpcnn.model_store import ModelStore
 
     store = ModelStore(home / "models")
     if kind == "tiny":
@@ -89,7 +89,7 @@ def in_process(
 ) -> dict[str, float]:
     from cpcnn.embedding import Embedder
     from cpcnn.io.images import read_site
-    from cpcnn.store import ModelStore
+    from cpcnn.model_store import ModelStore
 
     embedder = Embedder(ModelStore(model_dir).get("bench"), device="cpu")
     image = read_site(files)

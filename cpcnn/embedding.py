@@ -27,8 +27,8 @@ from cpcnn.crops import check_boxes_overlap, crop_cells
 from cpcnn.errors import CpcnnError, InputError
 from cpcnn.locations import validate_centers
 from cpcnn.manifest import ModelManifest
+from cpcnn.model_store import StoredModel
 from cpcnn.onnx_graph import GRAPH_REVISION, graph_revision, upgraded_model
-from cpcnn.store import StoredModel
 
 logger = logging.getLogger(__name__)
 

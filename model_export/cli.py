@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from cpcnn._types import FEATURE_LAYER, NORMALIZATIONS
-from cpcnn.store import ModelStore
+from cpcnn.model_store import ModelStore
 
 TRAIN_EXTRA_HINT = (
     "model import needs the 'train' extra and ONNX Runtime: pip install 'cpcnn[serve,train]' "

@@ -19,7 +19,7 @@ from cpcnn.model_export.importer import import_weights
 from tqdm import tqdm
 
 from cpcnn.errors import ConflictError, DownloadError
-from cpcnn.store import ModelStore, StoredModel, cpcnn_home
+from cpcnn.model_store import ModelStore, StoredModel, cpcnn_home
 
 logger = logging.getLogger(__name__)
 

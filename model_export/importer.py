@@ -23,7 +23,7 @@ from cpcnn.training.net import EfficientNetB0, FeatureExtractor
 from cpcnn._types import CHANNELS, CROP_SIZE, FEATURE_LAYER, NORMALIZATIONS, Normalization
 from cpcnn.errors import ConflictError, InputError, ModelImportError
 from cpcnn.manifest import ModelManifest, sha256_file
-from cpcnn.store import ModelStore, StoredModel, validate_model_name
+from cpcnn.model_store import ModelStore, StoredModel, validate_model_name
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from cpcnn.store import DEFAULT_MODEL, ModelStore, cpcnn_home
+from cpcnn.model_store import DEFAULT_MODEL, ModelStore, cpcnn_home
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 from cpcnn.service.config import QueueSettings
-from cpcnn.service.metrics import QueueSnapshot, merge_snapshots
+from cpcnn.service.prometheus import QueueSnapshot, merge_snapshots
 from cpcnn.service.queue import FAILURE_CALLBACK_PATH, TASK_PATH, queue_name
 from rq import Callback, Queue, Retry
 from rq.exceptions import NoSuchJobError
@@ -176,6 +176,10 @@ class RedisQueue:
     def workers(self) -> list[WorkerPublic]:
         with redis_errors(self.settings.retry_after_s):
             return [worker_public(r) for r in self.registry.live()]
+
+    def load_error(self) -> str | None:
+        """Workers load models in their own processes; one that cannot load never announces itself."""
+        return None
 
     def snapshot(self) -> QueueSnapshot:
         try:

@@ -14,7 +14,7 @@ import numpy as np
 
 from cpcnn._types import CHANNELS, CROP_SIZE
 from cpcnn.manifest import ModelManifest
-from cpcnn.store import ModelStore, StoredModel
+from cpcnn.model_store import ModelStore, StoredModel
 
 FEATURE_SIZE = 672
 

@@ -56,7 +56,7 @@ def test_wrong_crop_shape(embedder: Embedder) -> None:
 
 def test_missing_model_file(tmp_path: Path) -> None:
     from cpcnn.errors import NotFoundError
-    from cpcnn.store import ModelStore
+    from cpcnn.model_store import ModelStore
 
     with pytest.raises(NotFoundError, match="not in the store"):
         ModelStore(tmp_path).get("cnn1")

@@ -21,7 +21,7 @@ from cpcnn.training.net import EfficientNetB0, FeatureExtractor
 
 from cpcnn.errors import ConflictError, InputError, ModelImportError
 from cpcnn.manifest import ONNX_METADATA_KEY, ModelManifest, sha256_file
-from cpcnn.store import ModelStore
+from cpcnn.model_store import ModelStore
 
 #: torch takes seconds to import; `pytest -m "not slow"` does not import this module.
 pytestmark = pytest.mark.slow

@@ -20,7 +20,7 @@ from cpcnn.model_export import cli as models_cli
 from cpcnn.model_export.fetch import CNN1_FILENAME, RECORD_URL_ENV, fetch_cnn1
 
 from cpcnn.errors import ConflictError, DownloadError
-from cpcnn.store import ModelStore, StoredModel
+from cpcnn.model_store import ModelStore, StoredModel
 
 #: torch takes seconds to import; `pytest -m "not slow"` does not import this module.
 pytestmark = pytest.mark.slow

@@ -19,8 +19,8 @@ from onnx import helper
 from cpcnn import embedding
 from cpcnn.embedding import Embedder
 from cpcnn.manifest import ModelManifest
+from cpcnn.model_store import StoredModel
 from cpcnn.onnx_graph import GRAPH_REVISION, GRAPH_REVISION_KEY, MIN_SPLIT_PIXELS, pool_block
-from cpcnn.store import StoredModel
 
 #: torch takes seconds to import; `pytest -m "not slow"` does not import this module.
 pytestmark = pytest.mark.slow

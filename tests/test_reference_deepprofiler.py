@@ -29,7 +29,7 @@ from cpcnn.crops import crop_cells
 from cpcnn.embedding import Embedder
 from cpcnn.io.images import read_site
 from cpcnn.locations import read_locations
-from cpcnn.store import ModelStore, StoredModel
+from cpcnn.model_store import ModelStore, StoredModel
 
 pytestmark = [pytest.mark.reference, pytest.mark.slow]
 

@@ -30,7 +30,7 @@ from cpcnn.crops import crop_cells
 from cpcnn.errors import InputError
 from cpcnn.io.images import read_site
 from cpcnn.locations import read_locations
-from cpcnn.store import ModelStore
+from cpcnn.model_store import ModelStore
 
 #: torch takes seconds to import; `pytest -m "not slow"` does not import this module.
 pytestmark = pytest.mark.slow

@@ -62,7 +62,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from cpcnn.io.cells import write_cells
     from cpcnn.io.images import parse_channel_args, read_site, read_stack
     from cpcnn.locations import load_locations
-    from cpcnn.store import ModelStore
+    from cpcnn.model_store import ModelStore
 
     model = ModelStore().resolve(args.model)
     channels = model.manifest.channels

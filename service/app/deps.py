@@ -1,4 +1,8 @@
-"""Shared dependencies as ``Annotated`` aliases, so handlers read as typed signatures."""
+"""Shared dependencies as ``Annotated`` aliases, so handlers read as typed signatures.
+
+Each handler asks for exactly what it uses (``QueueDep``, ``JobStoreDep``, ``ProfileStoreDep``, ...);
+``ServiceState`` is built once in the app's lifespan and never handed to a handler whole.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,16 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from cpcnn.service.config import ApiSettings
-from cpcnn.service.metrics import ApiMetrics
+from cpcnn.service.job_store import JobStore, check_job_id
 from cpcnn.service.profile_store import ProfileStore
+from cpcnn.service.prometheus import ApiMetrics
 from cpcnn.service.queue import JobQueue
-from cpcnn.service.storage import JobStore
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
+from starlette.concurrency import run_in_threadpool
 
-from cpcnn.schemas import API_KEY_HEADER
-from cpcnn.store import ModelStore
+from cpcnn.model_store import ModelStore
+from cpcnn.schemas import API_KEY_HEADER, JobPublic
 
 
 @dataclass
@@ -30,7 +35,7 @@ class ServiceState:
     profiles: ProfileStore
 
 
-def get_service(request: Request) -> ServiceState:
+def _service(request: Request) -> ServiceState:
     service: ServiceState | None = getattr(request.app.state, "service", None)
     if service is None:
         raise RuntimeError("the app's lifespan has not run (use 'with TestClient(app)' or uvicorn)")
@@ -42,8 +47,40 @@ def get_settings(request: Request) -> ApiSettings:
     return settings
 
 
-ServiceDep = Annotated[ServiceState, Depends(get_service)]
+def get_queue(request: Request) -> JobQueue:
+    return _service(request).queue
+
+
+def get_job_store(request: Request) -> JobStore:
+    return _service(request).jobs
+
+
+def get_model_store(request: Request) -> ModelStore:
+    return _service(request).models
+
+
+def get_profile_store(request: Request) -> ProfileStore:
+    return _service(request).profiles
+
+
+def get_metrics(request: Request) -> ApiMetrics:
+    return _service(request).metrics
+
+
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
+QueueDep = Annotated[JobQueue, Depends(get_queue)]
+JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
+ModelStoreDep = Annotated[ModelStore, Depends(get_model_store)]
+ProfileStoreDep = Annotated[ProfileStore, Depends(get_profile_store)]
+MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
+
+
+async def get_job(job_id: str, jobs: JobStoreDep) -> JobPublic:
+    """The job named by the ``{job_id}`` path parameter; 404 when the id is malformed or unknown."""
+    return await run_in_threadpool(jobs.public, check_job_id(job_id))
+
+
+JobDep = Annotated[JobPublic, Depends(get_job)]
 
 _api_key_scheme = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="required when the server sets one")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from cpcnn.service.config import Limits
-from cpcnn.service.storage import JobSpec
+from cpcnn.service.job_store import JobSpec
 from starlette.datastructures import UploadFile
 
 from cpcnn._types import NORMALIZATIONS

@@ -15,10 +15,11 @@ from cpcnn.service.app.deps import ServiceState
 from cpcnn.service.app.middleware import ApiKeyGate, BodyLimit, RequestMetrics, TrustedHosts
 from cpcnn.service.app.routes import ROOT_ROUTERS, V1_ROUTERS
 from cpcnn.service.config import ApiSettings
-from cpcnn.service.metrics import ApiMetrics
+from cpcnn.service.in_process_queue import InProcessQueue
+from cpcnn.service.job_store import JobStore
 from cpcnn.service.profile_store import ProfileStore
-from cpcnn.service.queue import JobQueue, LocalQueue
-from cpcnn.service.storage import JobStore
+from cpcnn.service.prometheus import ApiMetrics
+from cpcnn.service.queue import JobQueue
 from cpcnn.service.worker.runtime import Runtime
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -48,8 +49,8 @@ def build_queue(settings: ApiSettings, jobs: JobStore) -> JobQueue:
 
         return RedisQueue(settings.redis_url, settings.queue, worker_ttl_s=3 * settings.worker.heartbeat_s)
     runtime = Runtime(store, settings.worker)
-    return LocalQueue(jobs, runtime, slots=settings.worker.slots, retries=settings.queue.retries,
-                      preload=(settings.default_model,))
+    return InProcessQueue(jobs, runtime, slots=settings.worker.slots, retries=settings.queue.retries,
+                          preload=(settings.default_model,))
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from cpcnn.service.app.problems import http_problem, problem_for_error, problem_response
-from cpcnn.service.metrics import ApiMetrics
+from cpcnn.service.prometheus import ApiMetrics
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cpcnn.errors import PayloadTooLarge

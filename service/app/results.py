@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 import numpy as np
 import pydantic_core
-from cpcnn.service.storage import read_object_numbers
+from cpcnn.service.job_store import read_object_numbers
 from fastapi import HTTPException
 
 from cpcnn._types import F32Array, F64Array, I64Array

@@ -5,7 +5,12 @@ CUDA context, or run one job at a time (``SimpleWorker``), which cannot batch ce
 worker keeps rq's job lifecycle (executions, started registry, heartbeats, retries of abandoned jobs,
 failure callbacks) and replaces only the loop: up to ``slots`` jobs run in threads of this process and
 feed one ``Batcher``. A SIGKILLed worker stops heartbeating; its executions expire and the next
-maintenance pass of any other worker requeues the jobs.
+maintenance pass of any other worker requeues the jobs (``cpcnn.service.lifecycle`` lists every
+status change).
+
+The rq surface this relies on is kept small and listed in ``RQ_SURFACE``; rq is pinned to the tested
+minor release and ``tests/service/test_rq_contract.py`` fails on an upgrade that changes any of it.
+Like rq's own ``SimpleWorker``, ``EmbedWorker`` overrides ``execute_job`` (plus the heartbeat TTL).
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ from typing import Any
 
 import redis
 from cpcnn.service.config import WorkerSettings
-from cpcnn.service.queue import queue_name
+from cpcnn.service.job_store import JobStore
+from cpcnn.service.queue import LEGACY_TASK_PREFIX, TASK_PREFIX, queue_name
 from cpcnn.service.redis_queue import RedisAttempts, WorkerRegistry, connect
-from cpcnn.service.storage import JobStore
 from cpcnn.service.worker.runtime import Runtime
 from cpcnn.service.worker.tasks import WorkerContext, set_context
 from rq import Queue
@@ -35,6 +40,16 @@ from rq.timeouts import BaseDeathPenalty
 from rq.worker import BaseWorker
 
 logger = logging.getLogger(__name__)
+
+#: What this module uses of rq beyond its documented queue API: ``BaseWorker`` methods called or
+#: overridden, and the one private attribute read (rq has no setter for a job's callback name).
+RQ_SURFACE = {
+    "BaseWorker": ("execute_job", "prepare_execution", "perform_job", "get_heartbeat_ttl", "maintain_heartbeats",
+                   "heartbeat", "clean_registries", "register_birth", "register_death", "death_penalty_class"),
+    "Job": ("func_name", "_failure_callback_name", "execution_registry", "retries_left"),
+    "ExecutionRegistry": ("get_execution_ids", "remove"),
+    "Queue": ("dequeue_any",),
+}
 
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError)
 
@@ -58,31 +73,49 @@ class EmbedWorker(BaseWorker):
     def __init__(self, *args: Any, heartbeat_ttl_s: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.heartbeat_ttl_s = heartbeat_ttl_s
+        self.running: dict[str, tuple[Job, Execution]] = {}  # execution id -> job, for heartbeats
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return self.heartbeat_ttl_s
 
-    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
-        super().prepare_job_execution(job, remove_from_intermediate_queue=True)
-
-    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
-        self.forget_lost_executions(job)
-        return bool(super().perform_job(job, queue, execution))
-
-    def forget_lost_executions(self, job: Job) -> None:
-        """Drop executions of dead workers from the job's execution registry.
-
-        Their hashes expire with the heartbeat, but the registry lists them 60 s longer, and rq fails
-        to delete a finished job (``result_ttl=0``) while it lists an execution it cannot fetch.
-        """
-        registry_key = job.execution_registry.key
-        for raw_id in self.connection.zrange(registry_key, 0, -1):
-            execution_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
-            if not self.connection.exists(Execution(execution_id, job.id, self.connection).key):
-                self.connection.zrem(registry_key, execution_id)
-
     def execute_job(self, job: Job, queue: Queue) -> None:
-        raise NotImplementedError("EmbedWorker runs jobs through WorkerLoop")
+        """Run one job in the calling thread (a slot of ``WorkerLoop``), as ``SimpleWorker`` does."""
+        adopt_legacy_paths(job)
+        forget_lost_executions(job)
+        execution = self.prepare_execution(job)
+        self.running[execution.id] = (job, execution)
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            self.running.pop(execution.id, None)
+
+
+def adopt_legacy_paths(job: Job) -> None:
+    """Jobs queued before the ``cpcnn.service`` package name stored ``service.worker.tasks.*`` paths,
+    which no longer import: point them at the same functions under their current name."""
+    name = job.func_name or ""
+    if name.startswith(LEGACY_TASK_PREFIX):
+        job.func_name = TASK_PREFIX + name.removeprefix(LEGACY_TASK_PREFIX)
+        logger.info("job %s: mapped legacy task path %s", job.id, name)
+    callback = job._failure_callback_name
+    if callback and callback.startswith(LEGACY_TASK_PREFIX):
+        job._failure_callback_name = TASK_PREFIX + callback.removeprefix(LEGACY_TASK_PREFIX)
+
+
+def forget_lost_executions(job: Job) -> None:
+    """Drop executions of dead workers from the job's execution registry.
+
+    Their hashes expire with the heartbeat, but the registry lists them 60 s longer, and rq fails
+    to delete a finished job (``result_ttl=0``) while it lists an execution it cannot fetch.
+    """
+    registry = job.execution_registry
+    connection = job.connection
+    for execution_id in registry.get_execution_ids():
+        execution = Execution(execution_id, job.id, connection)
+        if not connection.exists(execution.key):
+            with connection.pipeline() as pipe:
+                registry.remove(execution, pipeline=pipe)
+                pipe.execute()
 
 
 class WorkerLoop:
@@ -99,7 +132,7 @@ class WorkerLoop:
         self.registry = WorkerRegistry(self.connection, ttl_s=3 * tuning.heartbeat_s)
         self.queue_name = queue_name(settings.queue.name, settings.model)
         self.pool = ThreadPoolExecutor(max_workers=tuning.slots, thread_name_prefix="cpcnn-job")
-        self.in_flight: dict[str, tuple[Job, Execution, Future[bool]]] = {}
+        self.in_flight: dict[Future[None], Job] = {}
         self.stop = threading.Event()
         self.worker: EmbedWorker | None = None
         self.processed = 0
@@ -164,24 +197,20 @@ class WorkerLoop:
         if result is None:
             return False
         job, queue = result
-        execution = self.worker.prepare_execution(job)
-        self.worker.prepare_job_execution(job)
-        future = self.pool.submit(self.worker.perform_job, job, queue, execution)
-        self.in_flight[execution.id] = (job, execution, future)
+        self.in_flight[self.pool.submit(self.worker.execute_job, job, queue)] = job
         return True
 
     def _heartbeat(self) -> None:
         assert self.worker is not None
         self.worker.heartbeat()
-        for job, execution, future in list(self.in_flight.values()):
-            if not future.done():
-                self.worker.maintain_heartbeats(job, execution)
+        for job, execution in list(self.worker.running.values()):
+            self.worker.maintain_heartbeats(job, execution)
         self.registry.publish(self.name, self.info(), self.runtime.stats.snapshot())
 
     def _reap(self) -> None:
-        for key, (job, _, future) in list(self.in_flight.items()):
+        for future, job in list(self.in_flight.items()):
             if future.done():
-                del self.in_flight[key]
+                del self.in_flight[future]
                 self.processed += 1
                 if future.exception() is not None:
                     logger.error("job %s: worker error %s", job.id, future.exception())
@@ -189,7 +218,7 @@ class WorkerLoop:
     def _wait_for_any(self, timeout: float) -> None:
         if timeout <= 0:
             return
-        futures = [f for _, _, f in self.in_flight.values()]
+        futures = list(self.in_flight)
         if futures:
             from concurrent.futures import FIRST_COMPLETED, wait
 

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from cpcnn.service.config import WorkerTuning
-from cpcnn.service.metrics import WorkerStats
+from cpcnn.service.prometheus import WorkerStats
 
 from cpcnn._types import F32Array
 from cpcnn.embedding import Embedder
 from cpcnn.errors import CpcnnError
-from cpcnn.store import ModelStore
+from cpcnn.model_store import ModelStore
 
 logger = logging.getLogger(__name__)
 

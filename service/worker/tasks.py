@@ -2,8 +2,7 @@
 
 ``run_job`` is the one code path: the embedded worker threads call it directly, RQ workers call it
 through ``embed_job`` (enqueued by dotted path with a small JSON payload, so the API never imports
-ONNX Runtime). State transitions are written to the job's ``state.json``; a job that already
-succeeded is never computed again, which makes retries after a crash harmless.
+ONNX Runtime). Every status change goes through ``cpcnn.service.lifecycle``.
 """
 
 from __future__ import annotations
@@ -12,15 +11,17 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-from cpcnn.service.storage import JobSpec, JobState, JobStore, utcnow
+from cpcnn.service import lifecycle
+from cpcnn.service.job_store import JobSpec, JobStore
+from cpcnn.service.lifecycle import AttemptCounter
 from cpcnn.service.worker.runtime import Runtime
 
 from cpcnn._types import F32Array, F64Array
 from cpcnn.errors import CpcnnError, InputError, NotFoundError
-from cpcnn.schemas import JobStatus, Problem
+from cpcnn.schemas import Problem
 
 logger = logging.getLogger(__name__)
 
@@ -28,20 +29,12 @@ logger = logging.getLogger(__name__)
 CROP_CHUNK = 64
 
 
-class AttemptCounter(Protocol):
-    """A durable count of a job's starts, shared by every process that may run the job."""
-
-    def begin(self, job_id: str) -> int:
-        """Count one more start of ``job_id`` atomically; returns the count, this start included."""
-
-
 @dataclass
 class WorkerContext:
     """What a job needs from its process: the job store, the loaded models and a name for logs.
 
-    A job starts at most ``max_attempts`` times (1 + the queue's retries), counted before it runs:
-    by ``attempts`` when given (Redis, atomic across workers), else by the ``attempts`` field of its
-    ``state.json``. A job that keeps killing the process running it is failed, not run forever.
+    A job starts at most ``max_attempts`` times (``lifecycle.max_attempts``), counted before it
+    runs by ``attempts`` when given (Redis, atomic across workers), else in its ``state.json``.
     """
 
     jobs: JobStore
@@ -68,38 +61,29 @@ def embed_job(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_job(job_id: str, context: WorkerContext) -> dict[str, Any]:
-    """Embed one job. Input problems end the job as failed; anything else raises so the queue retries."""
+    """Embed one job; ``lifecycle`` makes every status change. Errors that a retry cannot fix end
+    the job as failed; anything else raises so the queue retries."""
     jobs = context.jobs
-    try:
-        spec, state = jobs.spec(job_id), jobs.state(job_id)
-    except NotFoundError:
-        logger.info("job %s was deleted before it ran", job_id)
-        return {"job_id": job_id, "status": "deleted"}
-    if state.status == JobStatus.SUCCEEDED and jobs.has_result(job_id):
-        return {"job_id": job_id, "status": "succeeded", "n_cells": state.n_cells}
-    attempt = context.attempts.begin(job_id) if context.attempts is not None else state.attempts + 1
-    if attempt > context.max_attempts:
-        give_up(jobs, job_id, state, attempts=attempt - 1)
-        context.runtime.stats.inc("jobs_failed")
-        logger.error("job %s: gave up after %d attempts (the process running it died)", job_id, attempt - 1)
-        return {"job_id": job_id, "status": "failed"}
-    started = utcnow()
-    state = state.model_copy(update={
-        "status": JobStatus.RUNNING, "attempts": attempt, "worker": context.name,
-        "started_at": started, "queue_wait_s": (started - spec.created_at).total_seconds(), "error": None,
-    })
-    jobs.write_state(job_id, state)  # durable before the job runs: a crash mid-job still counts
+    begun = lifecycle.begin(jobs, job_id, worker=context.name, max_attempts=context.max_attempts,
+                            counter=context.attempts)
+    if not isinstance(begun, lifecycle.Begun):
+        if begun["status"] == "failed":
+            context.runtime.stats.inc("jobs_failed")
+        return begun
+    spec, state = begun.spec, begun.state
     context.runtime.stats.observe("queue_wait_seconds", state.queue_wait_s or 0.0)
     began = time.perf_counter()
     try:
         features, centers = _embed(job_id, spec, context)
-    except (InputError, NotFoundError) as exc:
-        _finish(jobs, job_id, state, began, error=problem_for(exc, job_id))
+    except Exception as exc:
+        if lifecycle.retryable(exc):
+            raise
+        lifecycle.finish(jobs, job_id, state, began, error=problem_for(exc, job_id))
         context.runtime.stats.inc("jobs_failed")
         logger.info("job %s failed: %s", job_id, exc)
         return {"job_id": job_id, "status": "failed"}
     jobs.write_result(job_id, features, centers)
-    _finish(jobs, job_id, state, began, n_cells=features.shape[0], feature_size=features.shape[1])
+    lifecycle.finish(jobs, job_id, state, began, n_cells=features.shape[0], feature_size=features.shape[1])
     jobs.drop_inputs(job_id)
     context.runtime.stats.inc("jobs_succeeded")
     context.runtime.stats.observe("job_seconds", time.perf_counter() - began)
@@ -148,21 +132,6 @@ def _crop_buffer(side: int, n_channels: int) -> F32Array:
     return buffer
 
 
-def _finish(
-    jobs: JobStore, job_id: str, state: JobState, began: float, *, error: Problem | None = None,
-    n_cells: int | None = None, feature_size: int | None = None,
-) -> None:
-    done = state.model_copy(update={
-        "status": JobStatus.FAILED if error else JobStatus.SUCCEEDED, "finished_at": utcnow(),
-        "run_s": time.perf_counter() - began, "error": error, "n_cells": n_cells, "feature_size": feature_size,
-        "completions": state.completions + (0 if error else 1),
-    })
-    try:
-        jobs.write_state(job_id, done)
-    except NotFoundError:
-        logger.info("job %s was deleted while it ran", job_id)
-
-
 def problem_for(exc: BaseException, job_id: str) -> Problem:
     """A failure as the client sees it: input errors verbatim, anything else without internals."""
     if isinstance(exc, InputError):
@@ -175,57 +144,14 @@ def problem_for(exc: BaseException, job_id: str) -> Problem:
     return Problem(title="Job failed", status=500, detail=detail, code="job_failed", instance=f"/v1/jobs/{job_id}")
 
 
-def lost_problem(job_id: str, *, attempts: int | None = None) -> Problem:
-    """The worker process died while running the job; with ``attempts``, none are left."""
-    detail = "the worker running this job stopped"
-    if attempts is not None:
-        detail = f"gave up after {attempts} attempts: the worker process died while running it"
-    return Problem(title="Job failed", status=500, detail=detail, code="worker_lost", instance=f"/v1/jobs/{job_id}")
-
-
-def give_up(jobs: JobStore, job_id: str, state: JobState, *, attempts: int) -> None:
-    """Fail a job whose attempts are spent without running it again."""
-    failed = state.model_copy(update={
-        "status": JobStatus.FAILED, "attempts": attempts, "finished_at": utcnow(),
-        "error": lost_problem(job_id, attempts=attempts),
-    })
-    try:
-        jobs.write_state(job_id, failed)
-    except NotFoundError:
-        logger.info("job %s was deleted meanwhile", job_id)
-
-
-def record_failure(jobs: JobStore, job_id: str, exc: BaseException | None, *, final: bool) -> None:
-    """After a crash (``exc``) or a lost worker (None): back to queued when a retry follows, failed when none does."""
-    try:
-        state = jobs.state(job_id)
-    except NotFoundError:
-        return
-    if state.status == JobStatus.SUCCEEDED:
-        return
-    if exc is not None:
-        error = problem_for(exc, job_id)
-    else:
-        error = lost_problem(job_id, attempts=state.attempts if final else None)
-    status = JobStatus.FAILED if final else JobStatus.QUEUED
-    update: dict[str, Any] = {"status": status, "error": error}
-    if final:
-        update["finished_at"] = utcnow()
-    try:
-        jobs.write_state(job_id, state.model_copy(update=update))
-    except NotFoundError:
-        return
-
-
 def on_failure(job: Any, connection: Any, exc_type: Any = None, exc_value: Any = None, traceback: Any = None) -> None:
-    """RQ failure callback (also called for jobs abandoned by a killed worker)."""
+    """RQ failure callback (also called for jobs abandoned by a killed worker): ``lifecycle`` decides."""
     if _context is None:
         return
     job_id = str(job.id)
-    final = not (job.retries_left and job.retries_left > 0)
-    lost = exc_type is not None and exc_type.__name__ == "AbandonedJobError"  # its worker died mid-job
-    error = exc_value if isinstance(exc_value, BaseException) and not lost else None
-    record_failure(_context.jobs, job_id, error, final=final)
+    abandoned = exc_type is not None and exc_type.__name__ == "AbandonedJobError"  # its worker died mid-job
+    error = problem_for(exc_value, job_id) if isinstance(exc_value, BaseException) else None
+    final = lifecycle.after_rq_failure(_context.jobs, job_id, error, retries_left=job.retries_left, abandoned=abandoned)
     if final:
         _context.runtime.stats.inc("jobs_failed")
     logger.warning("job %s failed in worker (%s); %s", job_id, exc_type.__name__ if exc_type else "lost",

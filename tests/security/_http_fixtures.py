@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from _servers import cpcnn_process, free_port, stop_process, wait_until
 from _tiny_model import save_tiny_model
-from cpcnn.service.storage import JobSpec, JobState, JobStore
+from cpcnn.service.job_store import JobSpec, JobState, JobStore
 
 from cpcnn.schemas import ImageInfo, JobStatus
 

@@ -176,12 +176,12 @@ def test_trailing_slash_is_not_redirected_to_the_callers_host(keyless_app: Calla
 
 def test_ids_and_model_names_with_a_trailing_newline_do_not_exist() -> None:
     """Python's ``$`` matches before a final newline: every id and name check must be a full match."""
+    from cpcnn.service.job_store import check_job_id
     from cpcnn.service.profile_store import check_id
-    from cpcnn.service.storage import check_job_id
 
     from cpcnn.client._tables import _ID as client_id
     from cpcnn.errors import CpcnnError
-    from cpcnn.store import validate_model_name
+    from cpcnn.model_store import validate_model_name
 
     job_id = "0123456789abcdef0123456789abcdef"
     assert check_job_id(job_id) == job_id and check_id(job_id, "table") == job_id

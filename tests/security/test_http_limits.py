@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from _http_fixtures import RSS_BUDGET_BYTES, Served, served_fixture, stored_result  # noqa: F401
-from cpcnn.service.storage import JobState, JobStore
+from cpcnn.service.job_store import JobState, JobStore
 
 from cpcnn.io.cells import cells_table
 from cpcnn.locations import Locations

@@ -20,9 +20,9 @@ from _servers import RedisServer, cpcnn_process, free_port, live_server, stop_pr
 from _tiny_model import locations_csv, save_slow_model, synthetic_site, tiff_bytes
 from cpcnn.service.app.main import create_app
 from cpcnn.service.config import ApiSettings, WorkerTuning
+from cpcnn.service.job_store import JobStore
 from cpcnn.service.queue import TASK_PATH
 from cpcnn.service.redis_queue import attempts_key
-from cpcnn.service.storage import JobStore
 from rq import Queue
 from rq.serializers import JSONSerializer
 

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 from _profiles_data import synthetic_profiles
+from cpcnn.service.job_store import JobSpec, JobState, JobStore
 from cpcnn.service.profile_store import ProfileStore, artifact_id
-from cpcnn.service.storage import JobSpec, JobState, JobStore
 
 from cpcnn.profiles import Library, fit_sphering
 from cpcnn.schemas import ImageInfo, JobStatus

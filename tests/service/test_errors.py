@@ -167,7 +167,7 @@ def test_api_key(make_settings: Callable[..., ApiSettings], site: dict[str, Any]
 @pytest.fixture
 def stalled(make_settings: Callable[..., ApiSettings], monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[httpx.Client, threading.Event]]:
     """An API whose worker blocks inside the first job until released."""
-    import cpcnn.service.queue as local_queue
+    import cpcnn.service.in_process_queue as local_queue
 
     release = threading.Event()
     real_run_job = local_queue.run_job

@@ -15,7 +15,7 @@ from _servers import RedisServer, live_server, wait_ready
 from _tiny_model import upload
 from cpcnn.service.app.main import create_app
 from cpcnn.service.config import ApiSettings, QueueSettings, WorkerSettings, WorkerTuning
-from cpcnn.service.storage import JobStore
+from cpcnn.service.job_store import JobStore
 from cpcnn.service.worker.main import WorkerLoop
 from cpcnn.service.worker.runtime import Runtime
 from cpcnn.service.worker.tasks import WorkerContext, set_context
@@ -127,3 +127,27 @@ def test_redis_unreachable_is_503(make_settings: Callable[..., ApiSettings], sit
         assert "cpcnn_queue_up 0.0" in client.get("/metrics").text
         assert client.get("/healthz").status_code == 200
         assert not list((tmp_path / "data" / "jobs").glob("*"))
+
+
+def test_job_queued_by_the_previous_version_still_runs(
+    redis_settings: Callable[..., ApiSettings], site: dict[str, Any]
+) -> None:
+    """Before the ``cpcnn.service`` package name, RQ stored ``service.worker.tasks.*`` paths in Redis."""
+    from cpcnn.service.queue import queue_name
+    from rq import Callback, Queue
+    from rq.serializers import JSONSerializer
+
+    settings = redis_settings()
+    with live_server(create_app(settings)) as url, httpx.Client(base_url=url, timeout=30) as client:
+        job_id = client.post("/v1/jobs", files=upload(site), data={"plate": "legacy"}).json()["id"]
+        connection = redis.Redis.from_url(settings.redis_url or "")
+        queue = Queue(queue_name(settings.queue.name, "cnn1"), connection=connection, serializer=JSONSerializer)
+        queue.remove(job_id)
+        queue.enqueue("service.worker.tasks.embed_job", {"job_id": job_id}, job_id=job_id, result_ttl=60,
+                      on_failure=Callback("service.worker.tasks.on_failure"))
+        stored = connection.hget(f"rq:job:{job_id}", "failure_callback_name")
+        assert stored == b"service.worker.tasks.on_failure"
+        with ThreadWorker(settings):
+            job = client.get(f"/v1/jobs/{job_id}", params={"wait": 20}).json()
+        connection.close()
+        assert job["status"] == "succeeded" and job["n_cells"] == 6, job

@@ -19,7 +19,7 @@ from _servers import RedisServer, cpcnn_process, free_port, live_server, stop_pr
 from _tiny_model import locations_csv, save_slow_model, save_tiny_model, synthetic_site, tiff_bytes
 from cpcnn.service.app.main import create_app
 from cpcnn.service.config import ApiSettings, WorkerTuning
-from cpcnn.service.storage import JobStore
+from cpcnn.service.job_store import JobStore
 
 from cpcnn._types import CHANNELS
 from cpcnn.client import Client, Site

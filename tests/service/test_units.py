@@ -11,7 +11,7 @@ from _servers import REPO_ROOT
 from _tiny_model import save_tiny_model, synthetic_site
 from cpcnn.service.app.results import negotiate
 from cpcnn.service.config import ApiSettings, WorkerSettings, WorkerTuning, load_settings
-from cpcnn.service.metrics import WorkerStats, merge_snapshots
+from cpcnn.service.prometheus import WorkerStats, merge_snapshots
 from cpcnn.service.worker.runtime import Runtime
 from fastapi import HTTPException
 from pydantic import ValidationError
@@ -79,7 +79,7 @@ def test_cli_reports_bad_settings(capsys: pytest.CaptureFixture[str], monkeypatc
 
 def test_batcher_merges_cells_of_concurrent_jobs(tmp_path: Path) -> None:
     save_tiny_model(tmp_path)
-    from cpcnn.store import ModelStore
+    from cpcnn.model_store import ModelStore
 
     runtime = Runtime(ModelStore(tmp_path), WorkerTuning(device="cpu", threads=1, max_batch=64, max_wait_ms=500))
     batcher = runtime.batcher("cnn1")

@@ -6,8 +6,9 @@ answer 422 naming why, rather than a result of nulls.
 
 from __future__ import annotations
 
-from cpcnn.service.app.deps import ApiKeyDep, ServiceDep, ServiceState
+from cpcnn.service.app.deps import ApiKeyDep, ProfileStoreDep
 from cpcnn.service.app.problems import problem_responses
+from cpcnn.service.profile_store import ProfileStore
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
@@ -27,12 +28,12 @@ MAX_TREATMENTS = 20_000
     summary="Retrieval metrics of a table's treatments (leave-one-out, cosine)",
     responses=problem_responses(401, 404, 422),
 )
-async def evaluate_table(body: EvaluateRequest, service: ServiceDep) -> Evaluation:
-    return await run_in_threadpool(_evaluate, service, body)
+async def evaluate_table(body: EvaluateRequest, profiles: ProfileStoreDep) -> Evaluation:
+    return await run_in_threadpool(_evaluate, profiles, body)
 
 
-def _evaluate(service: ServiceState, body: EvaluateRequest) -> Evaluation:
-    table = service.profiles.read_table(body.table_id)
+def _evaluate(profiles: ProfileStore, body: EvaluateRequest) -> Evaluation:
+    table = profiles.read_table(body.table_id)
     for column in (body.id_column, body.annotation):
         if column not in table.columns:
             raise InputError(f"column {column!r} not in table {body.table_id}")

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from cpcnn.service.app.deps import ServiceDep, ServiceState, require_api_key
+from cpcnn.service.app.deps import MetricsDep, QueueDep, SettingsDep, require_api_key
 from cpcnn.service.app.middleware import host_allowed, host_name, key_matches
+from cpcnn.service.config import ApiSettings
+from cpcnn.service.queue import JobQueue
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -41,36 +43,35 @@ async def healthz(request: Request) -> Health:
 
 @router.get("/readyz", response_model=Readiness, summary="Ready to embed",
             responses={503: {"model": Readiness, "description": "not ready; `reasons` says why"}})
-async def readyz(request: Request, service: ServiceDep) -> JSONResponse:
-    readiness = await run_in_threadpool(check_ready, service)
+async def readyz(request: Request, settings: SettingsDep, queue: QueueDep) -> JSONResponse:
+    readiness = await run_in_threadpool(check_ready, settings, queue)
     shown = None if authorized(request) else _PUBLIC_READINESS
     return JSONResponse(readiness.model_dump(mode="json", include=shown), status_code=200 if readiness.ready else 503)
 
 
-def check_ready(service: ServiceState) -> Readiness:
+def check_ready(settings: ApiSettings, queue: JobQueue) -> Readiness:
     """Ready when the queue answers and a worker has the default model loaded and warmed."""
-    model = service.settings.default_model
-    kind: Literal["embedded", "redis"] = "embedded" if service.queue.kind == "embedded" else "redis"
+    model = settings.default_model
+    kind: Literal["embedded", "redis"] = "embedded" if queue.kind == "embedded" else "redis"
     try:
-        depth = service.queue.depth()
-        workers = service.queue.workers()
+        depth = queue.depth()
+        workers = queue.workers()
     except UnavailableError as exc:
         return Readiness(ready=False, queue=kind, queue_reachable=False, reasons=[str(exc)])
     reasons = []
     if not any(model in w.models and w.warmed for w in workers):
-        load_error = getattr(service.queue, "load_error", None)
-        reasons.append(load_error or f"no worker has model {model!r} loaded and warmed yet")
+        reasons.append(queue.load_error() or f"no worker has model {model!r} loaded and warmed yet")
     return Readiness(ready=not reasons, queue=kind, queue_reachable=True, queue_depth=depth, workers=workers,
                      reasons=reasons)
 
 
-async def _metrics_auth(request: Request, service: ServiceDep) -> None:
-    if not service.settings.metrics_public:
-        require_api_key(service.settings, request.headers.get("x-api-key"))
+async def _metrics_auth(request: Request, settings: SettingsDep) -> None:
+    if not settings.metrics_public:
+        require_api_key(settings, request.headers.get("x-api-key"))
 
 
 @router.get("/metrics", summary="Prometheus metrics", dependencies=[Depends(_metrics_auth)],
             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "text exposition format"}})
-async def metrics(service: ServiceDep) -> Response:
-    body = await run_in_threadpool(service.metrics.render)
+async def metrics(api_metrics: MetricsDep) -> Response:
+    body = await run_in_threadpool(api_metrics.render)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

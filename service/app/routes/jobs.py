@@ -6,11 +6,14 @@ import asyncio
 import time
 from typing import Annotated, Literal
 
-from cpcnn.service.app.deps import ApiKeyDep, ServiceDep, ServiceState
+from cpcnn.service import lifecycle
+from cpcnn.service.app.deps import ApiKeyDep, JobDep, JobStoreDep, ModelStoreDep, QueueDep, SettingsDep
 from cpcnn.service.app.intake import Submission, job_id_for, prepare, read_part, site_metadata
 from cpcnn.service.app.problems import problem_responses
 from cpcnn.service.app.results import StoredResult, json_chunks, negotiate, parquet_file
-from cpcnn.service.storage import check_job_id
+from cpcnn.service.config import ApiSettings
+from cpcnn.service.job_store import JobStore
+from cpcnn.service.queue import JobQueue
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -25,6 +28,7 @@ from cpcnn.errors import (
     UnsupportedMedia,
 )
 from cpcnn.manifest import ModelManifest
+from cpcnn.model_store import ModelStore
 from cpcnn.schemas import (
     MEDIA_JSON,
     MEDIA_NPY,
@@ -53,7 +57,10 @@ _FORM_FIELDS = {"channel_order", "plate", "well", "site", "model", "normalizatio
 async def create_job(
     request: Request,
     response: Response,
-    service: ServiceDep,
+    settings: SettingsDep,
+    models: ModelStoreDep,
+    jobs: JobStoreDep,
+    queue: QueueDep,
     dna: Annotated[UploadFile | None, File(alias="DNA", description="DNA channel (e.g. Hoechst): TIFF or PNG")] = None,
     rna: Annotated[UploadFile | None, File(alias="RNA", description="RNA channel (e.g. SYTO14): TIFF or PNG")] = None,
     er: Annotated[UploadFile | None, File(alias="ER", description="ER channel (concanavalin A): TIFF or PNG")] = None,
@@ -70,7 +77,6 @@ async def create_job(
     detect_nuclei: Annotated[bool, Form(description="find nuclei on the DNA channel when no locations are sent")] = False,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="block up to this many seconds for the result")] = 0,
 ) -> JobPublic:
-    settings = service.settings
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         raise UnsupportedMedia(f"submit jobs as multipart/form-data, not {content_type or 'an untyped body'}")
@@ -91,15 +97,15 @@ async def create_job(
         detect_nuclei=detect_nuclei,
     )
     try:
-        manifest = service.models.get(sub.model).manifest
+        manifest = models.get(sub.model).manifest
     except (NotFoundError, InputError) as exc:
-        known = ", ".join(m.name for m in await run_in_threadpool(service.models.list)) or "none"
+        known = ", ".join(m.name for m in await run_in_threadpool(models.list)) or "none"
         raise InputError(f"unknown model {sub.model!r} (known: {known}); GET /v1/models lists them") from exc
     job_id = await run_in_threadpool(job_id_for, sub)
-    if not _reuse_existing(service, job_id):
-        await _create(service, sub, job_id, manifest)
+    if not _reuse_existing(jobs, job_id):
+        await _create(settings, jobs, queue, sub, job_id, manifest)
     response.headers["Location"] = f"/v1/jobs/{job_id}"
-    job = await _wait(service, job_id, wait)
+    job = await _wait(jobs, job_id, wait)
     if job.status.finished:
         response.status_code = 200
     return job
@@ -107,12 +113,11 @@ async def create_job(
 
 @router.get("/{job_id}", response_model=JobPublic, summary="Job status", responses=problem_responses(401, 404))
 async def get_job(
-    job_id: str,
-    service: ServiceDep,
+    job: JobDep,
+    jobs: JobStoreDep,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="block up to this many seconds until it finishes")] = 0,
 ) -> JobPublic:
-    await run_in_threadpool(service.jobs.public, check_job_id(job_id))
-    return await _wait(service, job_id, wait)
+    return await _wait(jobs, job.id, wait) if wait else job
 
 
 @router.get(
@@ -128,23 +133,24 @@ async def get_job(
     },
 )
 async def get_result(
-    job_id: str,
+    job: JobDep,
     request: Request,
-    service: ServiceDep,
+    jobs: JobStoreDep,
+    models: ModelStoreDep,
     format: Annotated[Literal["json", "parquet", "npy"] | None, Query(description="overrides Accept")] = None,
 ) -> Response:
-    job = await run_in_threadpool(service.jobs.public, check_job_id(job_id))
+    job_id = job.id
     if job.status == JobStatus.FAILED:
         detail = job.error.detail if job.error else "unknown error"
         raise ConflictError(f"job {job_id} failed: {detail}")
     if job.status != JobStatus.SUCCEEDED:
         raise ConflictError(f"job {job_id} is {job.status.value}; poll GET /v1/jobs/{job_id} until it has succeeded")
     media = RESULT_FORMATS[format] if format else negotiate(request.headers.get("accept"))
-    manifest_prefix = await run_in_threadpool(_feature_prefix, service, job.model)
+    manifest_prefix = await run_in_threadpool(_feature_prefix, models, job.model)
     if media == MEDIA_NPY:
-        return FileResponse(service.jobs.features_path(job_id), media_type=MEDIA_NPY,
+        return FileResponse(jobs.features_path(job_id), media_type=MEDIA_NPY,
                             filename=f"{job_id}-features.npy")
-    stored = StoredResult(service.jobs.folder(job_id))
+    stored = StoredResult(jobs.folder(job_id))
     try:
         if media == MEDIA_PARQUET:
             path = await run_in_threadpool(parquet_file, stored, job, manifest_prefix)
@@ -157,13 +163,12 @@ async def get_result(
 
 @router.delete("/{job_id}", status_code=204, summary="Delete a job and its files",
                responses=problem_responses(401, 404) | {409: {"description": "the job is running"}})
-async def delete_job(job_id: str, service: ServiceDep) -> Response:
-    job = await run_in_threadpool(service.jobs.public, check_job_id(job_id))
+async def delete_job(job: JobDep, jobs: JobStoreDep, queue: QueueDep) -> Response:
     if job.status == JobStatus.RUNNING:
-        raise ConflictError(f"job {job_id} is running; delete it once it has finished")
+        raise ConflictError(f"job {job.id} is running; delete it once it has finished")
     if job.status == JobStatus.QUEUED:
-        await run_in_threadpool(service.queue.cancel, job_id, model=job.model)
-    await run_in_threadpool(service.jobs.delete, job_id)
+        await run_in_threadpool(queue.cancel, job.id, model=job.model)
+    await run_in_threadpool(jobs.delete, job.id)
     return Response(status_code=204)
 
 
@@ -175,46 +180,47 @@ async def _read_locations(locations: UploadFile | str | None, limit: int) -> byt
     return str(locations).encode()
 
 
-def _feature_prefix(service: ServiceState, model: str) -> str:
+def _feature_prefix(models: ModelStore, model: str) -> str:
     try:
-        return service.models.get(model).manifest.feature_prefix
+        return models.get(model).manifest.feature_prefix
     except NotFoundError:
         return "efficientnet"
 
 
-def _reuse_existing(service: ServiceState, job_id: str) -> bool:
-    """The same upload again: keep the job unless it failed (then it is recomputed)."""
-    if not service.jobs.exists(job_id):
+def _reuse_existing(jobs: JobStore, job_id: str) -> bool:
+    """The same upload again: keep the job unless the lifecycle says to recompute it."""
+    if not jobs.exists(job_id):
         return False
-    if service.jobs.state(job_id).status != JobStatus.FAILED:
+    if not lifecycle.recompute_on_resubmit(jobs.state(job_id).status):
         return True
-    service.jobs.delete(job_id)
+    jobs.delete(job_id)
     return False
 
 
-async def _create(service: ServiceState, sub: Submission, job_id: str, manifest: ModelManifest) -> None:
-    settings = service.settings
-    depth = await run_in_threadpool(service.queue.depth, sub.model)
+async def _create(
+    settings: ApiSettings, jobs: JobStore, queue: JobQueue, sub: Submission, job_id: str, manifest: ModelManifest
+) -> None:
+    depth = await run_in_threadpool(queue.depth, sub.model)
     if depth >= settings.queue.max_depth:
         raise UnavailableError(
             f"{depth} jobs are waiting, at the limit of {settings.queue.max_depth}; retry later",
             retry_after_s=settings.queue.retry_after_s,
         )
     spec, pixels, cells = await run_in_threadpool(prepare, sub, job_id, manifest, settings.limits)
-    if not await run_in_threadpool(service.jobs.create, spec, pixels, cells):
+    if not await run_in_threadpool(jobs.create, spec, pixels, cells):
         return  # an identical request created it a moment ago
     try:
-        await run_in_threadpool(service.queue.enqueue, job_id, model=sub.model)
+        await run_in_threadpool(queue.enqueue, job_id, model=sub.model)
     except BaseException:
-        service.jobs.delete(job_id)  # never leave a job on disk that no queue knows about
+        jobs.delete(job_id)  # never leave a job on disk that no queue knows about
         raise
 
 
-async def _wait(service: ServiceState, job_id: str, wait_s: float) -> JobPublic:
+async def _wait(jobs: JobStore, job_id: str, wait_s: float) -> JobPublic:
     deadline = time.monotonic() + wait_s
     delay = 0.005
     while True:
-        job = await run_in_threadpool(service.jobs.public, job_id)
+        job = await run_in_threadpool(jobs.public, job_id)
         if job.status.finished or time.monotonic() >= deadline:
             return job
         await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))

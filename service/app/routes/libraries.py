@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from cpcnn.service.app.deps import ApiKeyDep, ServiceDep, ServiceState
+from cpcnn.service.app.deps import ApiKeyDep, ProfileStoreDep, SettingsDep
 from cpcnn.service.app.problems import problem_responses
-from cpcnn.service.profile_store import artifact_id, selection_key
+from cpcnn.service.profile_store import ProfileStore, artifact_id, selection_key
 from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -46,14 +46,13 @@ _INLINE_ID = "Metadata_query_id"
     summary="Build a reference library from a table (rows sharing an id are averaged)",
     responses=problem_responses(401, 404, 422),
 )
-async def create_library(body: LibraryCreate, response: Response, service: ServiceDep) -> LibraryPublic:
-    library = await run_in_threadpool(_build, service, body)
+async def create_library(body: LibraryCreate, response: Response, profiles: ProfileStoreDep) -> LibraryPublic:
+    library = await run_in_threadpool(_build, profiles, body)
     response.headers["Location"] = f"/v1/libraries/{library.id}"
     return library
 
 
-def _build(service: ServiceState, body: LibraryCreate) -> LibraryPublic:
-    store = service.profiles
+def _build(store: ProfileStore, body: LibraryCreate) -> LibraryPublic:
     store.table_public(body.table_id)  # 404 for an unknown table
     library_id = artifact_id(
         "library", body.table_id, body.id_column, json.dumps(body.annotations), *selection_key(body.features)
@@ -77,8 +76,8 @@ def _build(service: ServiceState, body: LibraryCreate) -> LibraryPublic:
 
 
 @router.get("", response_model=LibraryList, summary="List libraries", responses=problem_responses(401))
-async def list_libraries(service: ServiceDep) -> LibraryList:
-    data = await run_in_threadpool(service.profiles.libraries)
+async def list_libraries(profiles: ProfileStoreDep) -> LibraryList:
+    data = await run_in_threadpool(profiles.libraries)
     return LibraryList(data=data, count=len(data))
 
 
@@ -88,15 +87,15 @@ async def list_libraries(service: ServiceDep) -> LibraryList:
     summary="One library",
     responses=problem_responses(401, 404),
 )
-async def get_library(library_id: str, service: ServiceDep) -> LibraryPublic:
-    return await run_in_threadpool(service.profiles.library_public, library_id)
+async def get_library(library_id: str, profiles: ProfileStoreDep) -> LibraryPublic:
+    return await run_in_threadpool(profiles.library_public, library_id)
 
 
 @router.delete(
     "/{library_id}", status_code=204, summary="Delete a library", responses=problem_responses(401, 404)
 )
-async def delete_library(library_id: str, service: ServiceDep) -> Response:
-    await run_in_threadpool(service.profiles.delete_library, library_id)
+async def delete_library(library_id: str, profiles: ProfileStoreDep) -> Response:
+    await run_in_threadpool(profiles.delete_library, library_id)
     return Response(status_code=204)
 
 
@@ -106,21 +105,22 @@ async def delete_library(library_id: str, service: ServiceDep) -> Response:
     summary="Top-k cosine matches of query profiles (a stored table or inline arrays)",
     responses=problem_responses(401, 404, 422),
 )
-async def match_library(library_id: str, body: MatchRequest, service: ServiceDep) -> Response:
-    result = await run_in_threadpool(_match, service, library_id, body)
+async def match_library(
+    library_id: str, body: MatchRequest, profiles: ProfileStoreDep, settings: SettingsDep
+) -> Response:
+    result = await run_in_threadpool(_match, profiles, settings.limits.max_matches, library_id, body)
     return Response(result, media_type=MEDIA_JSON)
 
 
-def _match(service: ServiceState, library_id: str, body: MatchRequest) -> str:
-    library = service.profiles.library(library_id)
+def _match(profiles: ProfileStore, limit: int, library_id: str, body: MatchRequest) -> str:
+    library = profiles.library(library_id)
     if body.profiles is not None:
         queries = _inline_queries(body.profiles, library)
         id_col = _INLINE_ID if body.profiles.ids is not None else None
     else:
         assert body.table_id is not None
-        queries, id_col = service.profiles.read_table(body.table_id), body.id_column
+        queries, id_col = profiles.read_table(body.table_id), body.id_column
     rows = len(queries) * min(body.top_k, len(library))
-    limit = service.settings.limits.max_matches
     if rows > limit:
         raise InputError(
             f"{len(queries)} queries x top {body.top_k} is {rows} matches, over the limit of {limit}; "

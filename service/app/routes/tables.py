@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from cpcnn.service.app.deps import ApiKeyDep, ServiceDep, ServiceState
+from cpcnn.service.app.deps import ApiKeyDep, ProfileStoreDep, SettingsDep
 from cpcnn.service.app.intake import read_part
 from cpcnn.service.app.problems import problem_responses
 from cpcnn.service.app.table_intake import decode_table, split_names, table_id_for
-from cpcnn.service.profile_store import check_id
+from cpcnn.service.config import Limits
+from cpcnn.service.profile_store import ProfileStore, check_id
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
@@ -36,7 +37,8 @@ _FORM_PARTS = {"file", "features", "name"}
 async def upload_table(
     request: Request,
     response: Response,
-    service: ServiceDep,
+    profiles: ProfileStoreDep,
+    settings: SettingsDep,
     file: Annotated[
         UploadFile | None, File(description="CSV, CSV.gz or Parquet (format read from the bytes)")
     ] = None,
@@ -61,32 +63,32 @@ async def upload_table(
         raise InputError(f"unknown form part(s) {', '.join(unknown)}; send file, features and name")
     if file is None:
         raise InputError("no table: upload a 'file' part (CSV, CSV.gz or Parquet)")
-    data = await read_part(file, "file", service.settings.limits.max_part_bytes)
+    data = await read_part(file, "file", settings.limits.max_part_bytes)
     label = name or file.filename or "table"
-    table = await run_in_threadpool(_store_upload, service, data, label, split_names(features))
+    table = await run_in_threadpool(_store_upload, profiles, settings.limits, data, label, split_names(features))
     response.headers["Location"] = f"/v1/tables/{table.id}"
     return table
 
 
-def _store_upload(service: ServiceState, data: bytes, label: str, features: list[str] | None) -> TablePublic:
+def _store_upload(profiles: ProfileStore, limits: Limits, data: bytes, label: str, features: list[str] | None) -> TablePublic:
     table_id = table_id_for(data, features)
-    if service.profiles.has_table(table_id):
-        return service.profiles.table_public(table_id)
-    table = decode_table(data, label, features, service.settings.limits)
-    return service.profiles.put_table(table, table_id, name=label, provenance={})
+    if profiles.has_table(table_id):
+        return profiles.table_public(table_id)
+    table = decode_table(data, label, features, limits)
+    return profiles.put_table(table, table_id, name=label, provenance={})
 
 
 @router.get("", response_model=TableList, summary="List stored tables", responses=problem_responses(401))
-async def list_tables(service: ServiceDep) -> TableList:
-    data = await run_in_threadpool(service.profiles.tables)
+async def list_tables(profiles: ProfileStoreDep) -> TableList:
+    data = await run_in_threadpool(profiles.tables)
     return TableList(data=data, count=len(data))
 
 
 @router.get(
     "/{table_id}", response_model=TablePublic, summary="One table", responses=problem_responses(401, 404)
 )
-async def get_table(table_id: str, service: ServiceDep) -> TablePublic:
-    return await run_in_threadpool(service.profiles.table_public, table_id)
+async def get_table(table_id: str, profiles: ProfileStoreDep) -> TablePublic:
+    return await run_in_threadpool(profiles.table_public, table_id)
 
 
 @router.get(
@@ -106,14 +108,14 @@ async def get_table(table_id: str, service: ServiceDep) -> TablePublic:
 )
 async def get_table_data(
     table_id: str,
-    service: ServiceDep,
+    profiles: ProfileStoreDep,
     format: Annotated[Literal["parquet", "csv"], Query(description="file format")] = "parquet",
 ) -> Response:
-    path = service.profiles.table_path(table_id)
-    await run_in_threadpool(service.profiles.table_public, table_id)  # 404 unless it exists
+    path = profiles.table_path(table_id)
+    await run_in_threadpool(profiles.table_public, table_id)  # 404 unless it exists
     if format == "parquet":
         return FileResponse(path, media_type=MEDIA_PARQUET, filename=f"{table_id}.parquet")
-    table = await run_in_threadpool(service.profiles.read_table, table_id)
+    table = await run_in_threadpool(profiles.read_table, table_id)
     body = await run_in_threadpool(table.to_csv, index=False)
     return Response(
         body,
@@ -128,6 +130,6 @@ async def get_table_data(
     summary="Delete a table (transforms and libraries stay)",
     responses=problem_responses(401, 404),
 )
-async def delete_table(table_id: str, service: ServiceDep) -> Response:
-    await run_in_threadpool(service.profiles.delete_table, table_id)
+async def delete_table(table_id: str, profiles: ProfileStoreDep) -> Response:
+    await run_in_threadpool(profiles.delete_table, table_id)
     return Response(status_code=204)

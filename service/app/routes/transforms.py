@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from cpcnn.service.app.deps import ApiKeyDep, ServiceDep, ServiceState
+from cpcnn.service.app.deps import ApiKeyDep, ProfileStoreDep, SettingsDep
 from cpcnn.service.app.problems import problem_responses
-from cpcnn.service.profile_store import artifact_id, check_id, selection_key
+from cpcnn.service.profile_store import ProfileStore, artifact_id, check_id, selection_key
 from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -33,18 +33,19 @@ router = APIRouter(prefix="/transforms", tags=["transforms"], dependencies=[ApiK
     summary="Fit a sphering transform (ZCA) on a table's control rows",
     responses=problem_responses(401, 404, 413, 422),
 )
-async def create_transform(body: TransformCreate, response: Response, service: ServiceDep) -> TransformPublic:
-    transform = await run_in_threadpool(_fit, service, body)
+async def create_transform(
+    body: TransformCreate, response: Response, profiles: ProfileStoreDep, settings: SettingsDep
+) -> TransformPublic:
+    transform = await run_in_threadpool(_fit, profiles, settings.limits.max_sphering_features, body)
     response.headers["Location"] = f"/v1/transforms/{transform.id}"
     return transform
 
 
-def _fit(service: ServiceState, body: TransformCreate) -> TransformPublic:
-    store = service.profiles
+def _fit(store: ProfileStore, max_features: int, body: TransformCreate) -> TransformPublic:
     check_lambda(body.lam)
     if not store.has_table(body.table_id):
         raise NotFoundError(f"table {body.table_id} does not exist")
-    _check_width(_n_selected(store.table_path(body.table_id), body.features), service.settings.limits.max_sphering_features)
+    _check_width(_n_selected(store.table_path(body.table_id), body.features), max_features)
     selector = ControlSelector.parse(body.controls)
     transform_id = artifact_id(
         "transform", body.table_id, str(selector), repr(float(body.lam)), body.method, *selection_key(body.features)
@@ -79,8 +80,8 @@ def _check_width(n_features: int, limit: int) -> None:
 
 
 @router.get("", response_model=TransformList, summary="List transforms", responses=problem_responses(401))
-async def list_transforms(service: ServiceDep) -> TransformList:
-    data = await run_in_threadpool(service.profiles.transforms)
+async def list_transforms(profiles: ProfileStoreDep) -> TransformList:
+    data = await run_in_threadpool(profiles.transforms)
     return TransformList(data=data, count=len(data))
 
 
@@ -90,15 +91,15 @@ async def list_transforms(service: ServiceDep) -> TransformList:
     summary="One transform",
     responses=problem_responses(401, 404),
 )
-async def get_transform(transform_id: str, service: ServiceDep) -> TransformPublic:
-    return await run_in_threadpool(service.profiles.transform_public, transform_id)
+async def get_transform(transform_id: str, profiles: ProfileStoreDep) -> TransformPublic:
+    return await run_in_threadpool(profiles.transform_public, transform_id)
 
 
 @router.delete(
     "/{transform_id}", status_code=204, summary="Delete a transform", responses=problem_responses(401, 404)
 )
-async def delete_transform(transform_id: str, service: ServiceDep) -> Response:
-    await run_in_threadpool(service.profiles.delete_transform, transform_id)
+async def delete_transform(transform_id: str, profiles: ProfileStoreDep) -> Response:
+    await run_in_threadpool(profiles.delete_transform, transform_id)
     return Response(status_code=204)
 
 
@@ -110,15 +111,14 @@ async def delete_transform(transform_id: str, service: ServiceDep) -> Response:
     responses=problem_responses(401, 404, 422),
 )
 async def apply_transform(
-    transform_id: str, body: TableRef, response: Response, service: ServiceDep
+    transform_id: str, body: TableRef, response: Response, profiles: ProfileStoreDep
 ) -> TablePublic:
-    table = await run_in_threadpool(_apply, service, transform_id, body.table_id, body.features)
+    table = await run_in_threadpool(_apply, profiles, transform_id, body.table_id, body.features)
     response.headers["Location"] = f"/v1/tables/{table.id}"
     return table
 
 
-def _apply(service: ServiceState, transform_id: str, table_id: str, features: list[str] | None) -> TablePublic:
-    store = service.profiles
+def _apply(store: ProfileStore, transform_id: str, table_id: str, features: list[str] | None) -> TablePublic:
     sphering = store.transform(transform_id)
     source = store.table_public(table_id)
     sphered_id = artifact_id("sphered", check_id(transform_id, "transform"), table_id, *selection_key(features))
