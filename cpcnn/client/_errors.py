@@ -6,16 +6,11 @@ works the same around local code and around a client call:
 
     CpcnnError                       (cpcnn.errors)
     ├── ApiError                     the server answered with an error: .status_code, .problem
-    │   ├── InputError               422 and any other 4xx without its own class: fix the input
-    │   │   ├── RequestError         400: a malformed request (also 405 MethodNotAllowed,
-    │   │   │                        406 NotAcceptable, 408 RequestTimeout)
-    │   │   ├── PayloadTooLarge      413: send less
-    │   │   └── UnsupportedMedia     415: send another format
-    │   ├── UnauthorizedError        401/403: check the API key
-    │   ├── NotFoundError            404: no such job, model, table, transform or library
-    │   ├── ConflictError            409, e.g. a result asked for before the job finished
-    │   ├── UnavailableError         503 after all retries; .retry_after_s says when to try again
-    │   ├── ServerError              other 5xx: a server bug; the server log has details
+    │   ├── <each declared kind>     same name as in cpcnn.errors and a subclass of it, e.g.
+    │   │                            NotFoundError, PayloadTooLarge, UnavailableError (.retry_after_s);
+    │   │                            InputError also stands for a 4xx no kind declares, and
+    │   │                            UnauthorizedError for a 403
+    │   ├── ServerError              a 5xx no kind declares: a server bug; the server log has details
     │   └── JobFailed                the job ended failed: .job, .problem
     ├── TransportError               no answer after all retries (wraps httpx's error)
     └── JobTimeout                   the job did not finish in the time given (also a TimeoutError)
@@ -45,47 +40,47 @@ class ApiError(CpcnnError):
 
 
 class InputError(ApiError, errors.InputError):
-    """422, or a 4xx the SDK has no class for: the request or its data is wrong."""
+    """The request or its data is wrong; also any 4xx that no kind in ``cpcnn.errors`` declares."""
 
 
 class RequestError(InputError, errors.RequestError):
-    """400: the request is malformed (e.g. a Host header the server does not serve)."""
+    """The request is malformed (e.g. a Host header the server does not serve)."""
 
 
 class MethodNotAllowed(RequestError, errors.MethodNotAllowed):
-    """405: the path does not take this method."""
+    """The path does not take this method."""
 
 
 class NotAcceptable(RequestError, errors.NotAcceptable):
-    """406: the server has the answer in no format asked for."""
+    """The server has the answer in no format asked for."""
 
 
 class RequestTimeout(RequestError, errors.RequestTimeout):
-    """408: the request was sent too slowly."""
+    """The request was sent too slowly."""
 
 
 class PayloadTooLarge(InputError, errors.PayloadTooLarge):
-    """413: an upload, image or cell count is over the server's limit."""
+    """An upload, image or cell count is over the server's limit."""
 
 
 class UnsupportedMedia(InputError, errors.UnsupportedMedia):
-    """415: bytes the server cannot decode."""
+    """Bytes the server cannot decode."""
 
 
 class UnauthorizedError(ApiError, errors.UnauthorizedError):
-    """401 or 403: missing or wrong API key."""
+    """Missing or wrong API key (also a 403 from a proxy in front)."""
 
 
 class NotFoundError(ApiError, errors.NotFoundError):
-    """404: no such job, model, table, transform or library."""
+    """No such job, model, table, transform or library."""
 
 
 class ConflictError(ApiError, errors.ConflictError):
-    """409: the job is not in a state that allows this (e.g. still running)."""
+    """The job is not in a state that allows this (e.g. still running)."""
 
 
 class UnavailableError(ApiError, errors.UnavailableError):
-    """503 after every retry: queue full or Redis down; ``retry_after_s`` says when to try again."""
+    """Still unavailable after every retry: queue full or Redis down; ``retry_after_s`` says when to try again."""
 
     def __init__(self, message: str, *, status_code: int, problem: Problem | None = None, retry_after_s: int = 5) -> None:
         super().__init__(message, status_code=status_code, problem=problem)
