@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cpcnn.errors import CpcnnError, UnavailableError
 from cpcnn.manifest import ModelManifest
 
 #: Media types the result endpoint serves (``Accept`` header or ``?format=``).
@@ -50,6 +51,19 @@ class Problem(BaseModel):
     instance: str | None = None
     errors: list[dict[str, Any]] | None = Field(default=None, description="per-field validation errors")
     retry_after_s: int | None = None
+
+    @classmethod
+    def of(cls, kind: type[CpcnnError], detail: str, instance: str | None = None, **extra: Any) -> Problem:
+        """A problem of a declared error kind: its status, code and title, with this detail."""
+        return cls(title=kind.title, status=kind.http_status, detail=detail, code=kind.code, instance=instance,
+                   **extra)
+
+    @classmethod
+    def from_error(cls, error: CpcnnError, instance: str | None = None,
+                   *, kind: type[CpcnnError] | None = None) -> Problem:
+        """``error`` as the client sees it: its class's declaration (or ``kind``'s), its message as detail."""
+        extra = {"retry_after_s": error.retry_after_s} if isinstance(error, UnavailableError) else {}
+        return cls.of(kind or type(error), str(error), instance, **extra)
 
 
 class ImageInfo(BaseModel):

@@ -10,37 +10,48 @@ from cpcnn.client._async import AsyncClient
 from cpcnn.client._base import RetryPolicy, Site
 from cpcnn.client._errors import (
     ApiError,
-    BadRequest,
-    Conflict,
+    ConflictError,
+    InputError,
     JobFailed,
     JobTimeout,
-    NotFound,
-    PayloadTooLargeError,
+    MethodNotAllowed,
+    NotAcceptable,
+    NotFoundError,
+    PayloadTooLarge,
+    RequestError,
+    RequestTimeout,
     ServerError,
-    ServiceUnavailable,
     TransportError,
-    Unauthorized,
-    UnsupportedMediaError,
+    UnauthorizedError,
+    UnavailableError,
+    UnsupportedMedia,
+)
+from cpcnn.client._errors import (
+    deprecated_name as _deprecated_name,
 )
 from cpcnn.client._sync import Client
 
 __all__ = [
     "ApiError",
     "AsyncClient",
-    "BadRequest",
     "Client",
-    "Conflict",
+    "ConflictError",
+    "InputError",
     "JobFailed",
     "JobTimeout",
-    "NotFound",
-    "PayloadTooLargeError",
+    "MethodNotAllowed",
+    "NotAcceptable",
+    "NotFoundError",
+    "PayloadTooLarge",
+    "RequestError",
+    "RequestTimeout",
     "RetryPolicy",
     "ServerError",
-    "ServiceUnavailable",
     "Site",
     "TransportError",
-    "Unauthorized",
-    "UnsupportedMediaError",
+    "UnauthorizedError",
+    "UnavailableError",
+    "UnsupportedMedia",
 ]
 
 for _name in __all__:
@@ -48,3 +59,8 @@ for _name in __all__:
     if getattr(_obj, "__module__", "").startswith("cpcnn.client."):
         _obj.__module__ = "cpcnn.client"
 del _name, _obj
+
+
+def __getattr__(name: str) -> type[ApiError]:
+    """The SDK's former exception names (``NotFound``, ``BadRequest``...) still resolve, with a warning."""
+    return _deprecated_name(__name__, name)

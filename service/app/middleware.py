@@ -10,12 +10,12 @@ import hmac
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from cpcnn.service.app.problems import http_problem, problem_for_error, problem_response
+from cpcnn.service.app.problems import http_problem, problem_response
 from cpcnn.service.prometheus import ApiMetrics
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cpcnn.errors import PayloadTooLarge
-from cpcnn.schemas import API_KEY_HEADER
+from cpcnn.schemas import API_KEY_HEADER, Problem
 
 #: Paths anyone may call (a load balancer's probes); everything else needs the key when one is set.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
@@ -164,7 +164,7 @@ class BodyLimit:
     @staticmethod
     async def _reject(scope: Scope, send: Send, size: int, limit: int) -> None:
         error = PayloadTooLarge(f"request body of {size} bytes is over the limit of {limit} bytes")
-        response = problem_response(problem_for_error(error, scope.get("path")), headers={"Connection": "close"})
+        response = problem_response(Problem.from_error(error, scope.get("path")), headers={"Connection": "close"})
         await response(scope, _no_receive, send)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from cpcnn.errors import InputError
 from cpcnn.schemas import MEDIA_PROBLEM
 
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
@@ -41,7 +42,7 @@ def rewrite_errors(schema: dict[str, Any]) -> dict[str, Any]:
             if MEDIA_PROBLEM in content or json_schema.get("$ref") in _FASTAPI_ERRORS:
                 response["content"] = {MEDIA_PROBLEM: {"schema": dict(_PROBLEM_REF)}}
                 if status == "422":
-                    response["description"] = "Invalid input"
+                    response["description"] = InputError.title
     components = schema.get("components", {}).get("schemas", {})
     text = str(schema.get("paths", {}))
     for name in ("HTTPValidationError", "ValidationError"):

@@ -133,15 +133,17 @@ def _crop_buffer(side: int, n_channels: int) -> F32Array:
 
 
 def problem_for(exc: BaseException, job_id: str) -> Problem:
-    """A failure as the client sees it: input errors verbatim, anything else without internals."""
-    if isinstance(exc, InputError):
-        return Problem(title="Invalid input", status=422, detail=str(exc), code="input_error",
-                       instance=f"/v1/jobs/{job_id}")
-    if isinstance(exc, NotFoundError):
-        return Problem(title="Not found", status=404, detail=str(exc), code="not_found",
-                       instance=f"/v1/jobs/{job_id}")
+    """A failure as the client sees it: input errors verbatim, anything else without internals.
+
+    Whatever made a job's input bad (a size, a format), its error is declared ``InputError`` (422); a
+    missing model is ``NotFoundError`` (404): the job reports the kind, the message says which.
+    """
+    instance = f"/v1/jobs/{job_id}"
+    for kind in (InputError, NotFoundError):
+        if isinstance(exc, kind):
+            return Problem.from_error(exc, instance, kind=kind)
     detail = str(exc) if isinstance(exc, CpcnnError) else f"worker error ({type(exc).__name__})"
-    return Problem(title="Job failed", status=500, detail=detail, code="job_failed", instance=f"/v1/jobs/{job_id}")
+    return Problem(title="Job failed", status=500, detail=detail, code="job_failed", instance=instance)
 
 
 def on_failure(job: Any, connection: Any, exc_type: Any = None, exc_value: Any = None, traceback: Any = None) -> None:

@@ -12,7 +12,7 @@ import pytest
 from _tiny_model import expected_features, locations_csv, tiff_bytes
 
 from cpcnn._types import CHANNELS
-from cpcnn.client import AsyncClient, BadRequest, Client, Site
+from cpcnn.client import AsyncClient, Client, InputError, Site
 from cpcnn.crops import crop_cells
 from cpcnn.io.cells import cells_table
 from cpcnn.io.images import stack_planes
@@ -74,7 +74,7 @@ def test_submit_result_numpy_and_models(server_url: str, planes_and_centers: Any
 
 def test_server_errors_carry_the_message(server_url: str, planes_and_centers: Any) -> None:
     planes, centers = planes_and_centers
-    with Client(server_url) as client, pytest.raises(BadRequest, match="outside") as info:
+    with Client(server_url) as client, pytest.raises(InputError, match="outside") as info:
         client.submit(planes, centers + 10_000)
     assert info.value.status_code == 422 and info.value.problem is not None
 

@@ -10,20 +10,25 @@ import httpx
 import numpy as np
 import pytest
 
+import cpcnn.client as client_module
 import cpcnn.client._base as base
+from cpcnn import errors
 from cpcnn.client import (
-    BadRequest,
+    ApiError,
     Client,
-    Conflict,
+    ConflictError,
+    InputError,
     JobFailed,
-    NotFound,
-    PayloadTooLargeError,
+    NotFoundError,
+    PayloadTooLarge,
+    RequestError,
     RetryPolicy,
-    ServiceUnavailable,
+    ServerError,
     TransportError,
-    Unauthorized,
+    UnauthorizedError,
+    UnavailableError,
 )
-from cpcnn.errors import InputError, NotFoundError, UnavailableError
+from cpcnn.client._errors import error_from_response
 
 FAST = RetryPolicy(attempts=4, backoff_s=0.001, max_backoff_s=0.01)
 IMAGES = {name: np.zeros((8, 8), np.uint16) for name in ("dna", "RNA", "ER", "AGP", "Mito")}
@@ -69,10 +74,10 @@ def test_retries_503_then_succeeds_and_honours_retry_after(monkeypatch: pytest.M
 
 
 def test_gives_up_after_attempts_with_server_message() -> None:
-    with _client(lambda r: _problem(503, "Redis is down")) as client, pytest.raises(ServiceUnavailable) as info:
+    with _client(lambda r: _problem(503, "Redis is down")) as client, pytest.raises(UnavailableError) as info:
         client.models()
     assert str(info.value) == "Redis is down" and info.value.status_code == 503
-    assert isinstance(info.value, UnavailableError)
+    assert isinstance(info.value, errors.UnavailableError)
 
 
 def test_connection_errors_are_retried_then_wrapped() -> None:
@@ -96,8 +101,9 @@ def test_connection_errors_are_retried_then_wrapped() -> None:
 
 @pytest.mark.parametrize(
     ("status", "cls", "also"),
-    [(422, BadRequest, InputError), (400, BadRequest, InputError), (404, NotFound, NotFoundError),
-     (409, Conflict, Conflict), (413, PayloadTooLargeError, InputError), (401, Unauthorized, Unauthorized)],
+    [(422, InputError, errors.InputError), (400, RequestError, errors.InputError),
+     (404, NotFoundError, errors.NotFoundError), (409, ConflictError, errors.ConflictError),
+     (413, PayloadTooLarge, errors.InputError), (401, UnauthorizedError, errors.UnauthorizedError)],
 )
 def test_status_maps_to_typed_error(status: int, cls: type, also: type) -> None:
     with _client(lambda r: _problem(status, f"problem {status}")) as client, pytest.raises(cls) as info:
@@ -105,6 +111,33 @@ def test_status_maps_to_typed_error(status: int, cls: type, also: type) -> None:
     assert isinstance(info.value, also)
     assert info.value.status_code == status and str(info.value) == f"problem {status}"
     assert info.value.problem is not None and info.value.problem.detail == f"problem {status}"
+
+
+@pytest.mark.parametrize("kind", [k for k in errors.declared().values() if k is not errors.CpcnnError])
+def test_every_declared_error_has_its_sdk_class(kind: type[errors.CpcnnError]) -> None:
+    """An answer is both an ApiError and the domain class declared for it, under the domain's name."""
+    error = error_from_response(kind.http_status, {"title": kind.title, "detail": "d", "code": kind.code})
+    assert isinstance(error, ApiError) and isinstance(error, kind) and type(error).__name__ == kind.__name__
+    assert error.status_code == kind.http_status
+
+
+def test_unknown_statuses_fall_back_by_class() -> None:
+    assert type(error_from_response(418, {"detail": "teapot"})) is InputError
+    assert type(error_from_response(502, "bad gateway")) is ServerError
+    assert type(error_from_response(403, {"detail": "forbidden"})) is UnauthorizedError
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("BadRequest", InputError), ("NotFound", NotFoundError), ("Conflict", ConflictError),
+     ("PayloadTooLargeError", PayloadTooLarge), ("UnsupportedMediaError", client_module.UnsupportedMedia),
+     ("ServiceUnavailable", UnavailableError), ("Unauthorized", UnauthorizedError)],
+)
+def test_former_names_still_resolve_with_a_warning(old: str, new: type) -> None:
+    with pytest.warns(DeprecationWarning, match=f"cpcnn.client.{old} is deprecated; use cpcnn.client.{new.__name__}"):
+        assert getattr(client_module, old) is new
+    with pytest.raises(AttributeError):
+        client_module.NoSuchError  # noqa: B018
 
 
 def test_non_problem_error_body() -> None:
@@ -173,11 +206,11 @@ def test_api_key_header_and_input_validation() -> None:
     with _client(handler, api_key="secret-key-123456") as client:
         client.models()
         assert seen["x-api-key"] == "secret-key-123456"
-        with pytest.raises(InputError, match="unknown channel"):
+        with pytest.raises(errors.InputError, match="unknown channel"):
             client.submit({"DAPI": b"x"}, np.zeros((0, 2)))
-        with pytest.raises(InputError, match="channel_order"):
+        with pytest.raises(errors.InputError, match="channel_order"):
             client.submit(np.zeros((5, 8, 8), np.uint16), np.zeros((0, 2)))
-        with pytest.raises(InputError, match="metadata"):
+        with pytest.raises(errors.InputError, match="metadata"):
             client.submit(IMAGES, np.zeros((0, 2)), metadata={"Plate_Name": "x"})
 
 

@@ -16,7 +16,8 @@ import pytest
 from _profiles_data import LINCS, LINCS_CONTROLS, LINCS_ID, LINCS_MOA, synthetic_profiles
 
 import cpcnn.client._tables as tables_module
-from cpcnn.client import AsyncClient, BadRequest, Client, NotFound, RetryPolicy
+from cpcnn import client as sdk
+from cpcnn.client import AsyncClient, Client, NotFoundError, RetryPolicy
 from cpcnn.errors import InputError
 from cpcnn.metrics import evaluate_retrieval
 from cpcnn.profiles import Library, fit_sphering, read_profiles
@@ -173,10 +174,10 @@ def test_typed_errors_and_local_validation(monkeypatch: pytest.MonkeyPatch, tmp_
         )
 
     with _client(handler) as client:
-        with pytest.raises(BadRequest, match="no control rows") as info:
+        with pytest.raises(sdk.InputError, match="no control rows") as info:
             client.fit_sphering(TABLE_ID, controls="Metadata_x=DMSO", lam=1)
         assert isinstance(info.value, InputError) and info.value.status_code == 422
-        with pytest.raises(NotFound, match="does not exist"):
+        with pytest.raises(NotFoundError, match="does not exist"):
             client.get_library("x")
         with pytest.raises(InputError, match="does not exist"):
             client.upload_table(str(tmp_path / "missing.csv"))
@@ -250,14 +251,14 @@ def test_live_flow_with_dataframes(server_url: str) -> None:
             x.id for x in client.libraries()
         }
         assert client.get_transform(transform.id) == transform
-        with pytest.raises(BadRequest, match="feature mismatch"):
+        with pytest.raises(sdk.InputError, match="feature mismatch"):
             client.match(library, synthetic_profiles(n_features=3))
         client.delete_library(library)
         client.delete_transform(transform.id)
         client.delete_table(sphered_table)
-        with pytest.raises(NotFound):
+        with pytest.raises(NotFoundError):
             client.get_library(library.id)
-        with pytest.raises(NotFound):
+        with pytest.raises(NotFoundError):
             client.delete_transform(transform.id)
         assert sphered_table.id not in {t.id for t in client.tables()}
 
@@ -312,7 +313,7 @@ def test_async_client_on_the_asgi_app(tmp_path: Path) -> None:
                     await client.sphere_table(transform, table), id_col=ID, annotation=MOA
                 )
                 assert [t.id for t in await client.transforms()] == [transform.id]
-                with pytest.raises(BadRequest, match="lambda"):
+                with pytest.raises(sdk.InputError, match="lambda"):
                     await client.fit_sphering(table, controls=CONTROLS, lam=0)
                 await client.delete_library(library)
                 assert await client.libraries() == []
@@ -353,7 +354,7 @@ def test_features_selection_is_sent_where_a_table_is_read() -> None:
         client.sphere_table("c" * 32, TABLE_ID, features=["f0", "f1"])
         client.create_library(TABLE_ID, id_col=ID, features="f0,f1")
         client.match(LIBRARY_ID, TABLE_ID, top_k=1, features=["f*"])
-        with pytest.raises(BadRequest, match="stop here"):
+        with pytest.raises(sdk.InputError, match="stop here"):
             client.evaluate(TABLE_ID, id_col=ID, annotation=MOA, features=["f*"])
         client.fit_sphering(TABLE_ID, controls=CONTROLS, lam=0.1)
     sent = [body.get("features") for _, body in seen]
