@@ -14,13 +14,10 @@ import httpx
 from pydantic import BaseModel
 
 from cpcnn.client._base import (
-    JOB_TIMEOUT_S,
     LONG_POLL_S,
-    REQUEST_TIMEOUT_S,
     BaseClient,
     ImagesInput,
     ResultFormat,
-    RetryPolicy,
     Site,
     Upload,
     concat_tables,
@@ -65,25 +62,17 @@ if TYPE_CHECKING:
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
 
 
-class AsyncClient(BaseClient):
-    """Talk to a cpcnn server: ``async with AsyncClient("http://host:8000", api_key=...) as client:``."""
+class AsyncClient(BaseClient[httpx.AsyncBaseTransport]):
+    """Talk to a cpcnn server: ``async with AsyncClient("http://host:8000", api_key=...) as client:``.
 
-    def __init__(
-        self,
-        url: str = "http://127.0.0.1:8000",
-        *,
-        api_key: str | None = None,
-        timeout: float = REQUEST_TIMEOUT_S,
-        job_timeout: float = JOB_TIMEOUT_S,
-        retry: RetryPolicy | int | None = None,
-        headers: Mapping[str, str] | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        super().__init__(url, api_key=api_key, timeout=timeout, job_timeout=job_timeout, retry=retry,
-                         headers=headers)
-        self._http = httpx.AsyncClient(
-            base_url=self.url, headers=self.headers, timeout=self.timeout, transport=transport
-        )
+    Options (``api_key``, ``timeout``, ``job_timeout``, ``retry``, ``headers``, ``transport``): see
+    ``BaseClient.__init__``.
+    """
+
+    _http: httpx.AsyncClient
+
+    def _connect(self, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=self.timeout, transport=transport)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -168,8 +157,8 @@ class AsyncClient(BaseClient):
         wait: float = 0.0,
     ) -> JobPublic:
         """Queue one field of view; returns the job (finished if it did so within ``wait`` seconds)."""
-        upload = self.build_upload(images, locations, metadata, model, detect_nuclei=detect_nuclei,
-                                   normalization=normalization, channel_order=channel_order)
+        site = Site(images, locations, metadata, channel_order)
+        upload = self.build_upload(site, model, detect_nuclei=detect_nuclei, normalization=normalization)
         return self.parse_job(await self._send("POST", "/v1/jobs", wait=wait, upload=upload))
 
     async def job(self, job_id: str, *, wait: float = 0.0) -> JobPublic:
@@ -242,8 +231,8 @@ class AsyncClient(BaseClient):
         self, table: TableInput, *, controls: str, lam: float, method: str = "zca", features: FeaturesInput = None
     ) -> TransformPublic:
         """Fit ZCA sphering on the rows selected by ``controls`` ("COLUMN=VALUE"); uploads ``table`` unless it is an id."""
-        body = {"table_id": await self._table_id(table), "controls": controls, "lambda": lam, "method": method}
-        return await self._parse(TransformPublic, "POST", "/v1/transforms", json=with_features(body, features))
+        fields = {"controls": controls, "lambda": lam, "method": method}
+        return await self._post_table(TransformPublic, "/v1/transforms", table, features, fields)
 
     async def transforms(self) -> list[TransformPublic]:
         listing = await self._parse(TransformList, "GET", "/v1/transforms")
@@ -258,8 +247,7 @@ class AsyncClient(BaseClient):
     async def sphere_table(self, transform_id: Any, table: TableInput, *, features: FeaturesInput = None) -> TablePublic:
         """Apply a transform on the server and keep the sphered table there (e.g. to build a library)."""
         path = f"/v1/transforms/{ref(transform_id, 'transform')}/apply"
-        body = with_features({"table_id": await self._table_id(table)}, features)
-        return await self._parse(TablePublic, "POST", path, json=body)
+        return await self._post_table(TablePublic, path, table, features, {})
 
     async def apply_sphering(
         self, transform_id: Any, table: TableInput, *, features: FeaturesInput = None
@@ -272,8 +260,8 @@ class AsyncClient(BaseClient):
         self, table: TableInput, *, id_col: str, annotations: Sequence[str] = (), features: FeaturesInput = None
     ) -> LibraryPublic:
         """Build a reference library (rows sharing ``id_col`` are averaged); uploads ``table`` unless it is an id."""
-        body = {"table_id": await self._table_id(table), "id_column": id_col, "annotations": list(annotations)}
-        return await self._parse(LibraryPublic, "POST", "/v1/libraries", json=with_features(body, features))
+        fields = {"id_column": id_col, "annotations": list(annotations)}
+        return await self._post_table(LibraryPublic, "/v1/libraries", table, features, fields)
 
     async def libraries(self) -> list[LibraryPublic]:
         listing = await self._parse(LibraryList, "GET", "/v1/libraries")
@@ -322,12 +310,16 @@ class AsyncClient(BaseClient):
         ``convention``: "copairs" (default) or "paper" (the CNN-1 paper's published evaluation code).
         Returns the fields of ``cpcnn.schemas.Evaluation`` as a dict.
         """
-        body = {
-            "table_id": await self._table_id(table), "id_column": id_col, "annotation": annotation,
-            "separator": sep, "convention": convention,
-        }
-        evaluation = await self._parse(Evaluation, "POST", "/v1/evaluate", json=with_features(body, features))
+        fields = {"id_column": id_col, "annotation": annotation, "separator": sep, "convention": convention}
+        evaluation = await self._post_table(Evaluation, "/v1/evaluate", table, features, fields)
         return evaluation.model_dump()
+
+    async def _post_table(
+        self, schema: type[SchemaT], path: str, table: TableInput, features: FeaturesInput, fields: dict[str, Any]
+    ) -> SchemaT:
+        """POST ``fields`` about ``table`` (uploaded first unless it is a stored id) and its ``features``."""
+        body = with_features({"table_id": await self._table_id(table), **fields}, features)
+        return await self._parse(schema, "POST", path, json=body)
 
     async def _table_id(self, table: TableInput) -> str:
         stored = stored_table_id(table)

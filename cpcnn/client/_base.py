@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import httpx
 import numpy as np
@@ -53,6 +53,7 @@ LONG_POLL_S = 30.0
 REQUEST_TIMEOUT_S = 120.0
 #: Default for how long ``embed``/``embed_many``/``wait`` wait for one job (``Client(job_timeout=...)``).
 JOB_TIMEOUT_S = 600.0
+TransportT = TypeVar("TransportT")
 _METADATA_KEYS = {"plate": "Metadata_Plate", "well": "Metadata_Well", "site": "Metadata_Site"}
 
 
@@ -94,8 +95,9 @@ class Upload:
     data: dict[str, str | list[str]]
 
 
-class BaseClient:
-    """Options and translation shared by the sync and async clients."""
+class BaseClient(Generic[TransportT]):
+    """Options and translation shared by the sync and async clients; ``TransportT`` is httpx's
+    transport type for the side (``transport=`` replaces the network, e.g. ``httpx.MockTransport``)."""
 
     def __init__(
         self,
@@ -106,10 +108,11 @@ class BaseClient:
         job_timeout: float = JOB_TIMEOUT_S,
         retry: RetryPolicy | int | None = None,
         headers: Mapping[str, str] | None = None,
+        transport: TransportT | None = None,
     ) -> None:
         """``timeout``: seconds for one HTTP request (a long-poll request gets its server-side wait on
         top). ``job_timeout``: how long ``embed``, ``embed_many`` and ``wait`` wait for a job unless
-        the call passes its own ``timeout``."""
+        the call passes its own ``timeout``. ``retry``: a ``RetryPolicy`` or a number of attempts."""
         self.url = url.rstrip("/")
         if isinstance(retry, int):
             retry = RetryPolicy(attempts=max(1, retry))
@@ -119,6 +122,11 @@ class BaseClient:
         self.headers = {"User-Agent": f"cpcnn-client/{__version__}", **(headers or {})}
         if api_key:
             self.headers[API_KEY_HEADER] = api_key
+        self._http = self._connect(transport)
+
+    def _connect(self, transport: TransportT | None) -> Any:
+        """The httpx client this side sends with."""
+        raise NotImplementedError
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -133,18 +141,12 @@ class BaseClient:
             return base
         return httpx.Timeout(connect=base.connect, read=base.read + wait, write=base.write, pool=base.pool)
 
+    @staticmethod
     def build_upload(
-        self,
-        images: ImagesInput,
-        locations: Any = None,
-        metadata: Mapping[str, str] | None = None,
-        model: str | None = None,
-        *,
-        detect_nuclei: bool = False,
-        normalization: str | None = None,
-        channel_order: Sequence[str] | str | None = None,
+        site: Site, model: str | None = None, *, detect_nuclei: bool = False, normalization: str | None = None
     ) -> Upload:
         """Normalize the caller's inputs into multipart parts (validating locations locally)."""
+        images, locations, channel_order = site.images, site.locations, site.channel_order
         files: list[tuple[str, tuple[str, bytes, str]]] = []
         data: dict[str, str | list[str]] = {}
         if isinstance(images, Mapping):
@@ -163,7 +165,7 @@ class BaseClient:
             files.append(("locations", ("locations.csv", locations_csv(locations), "text/csv")))
         elif detect_nuclei:
             data["detect_nuclei"] = "true"
-        for key, value in normalize_metadata(metadata).items():
+        for key, value in normalize_metadata(site.metadata).items():
             data[key] = value
         if model:
             data["model"] = model
