@@ -9,6 +9,7 @@ are submitted but not yet finished.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -35,39 +36,72 @@ def sleep(seconds: float) -> None:
     time.sleep(seconds)
 
 
+class _Stopped(Exception):
+    """A call skipped because an earlier one failed (never raised to the caller)."""
+
+
 async def async_map_bounded(
     call: Callable[[T], Awaitable[R]], items: Sequence[T], limit: int, done: Callable[[], object]
 ) -> list[R]:
     """``[await call(item) for item in items]``, at most ``limit`` at a time; results in input order.
 
-    The first failure cancels the calls still running or waiting and is raised.
+    The first failure is raised as it is (not in an ``ExceptionGroup``); no call starts after it and
+    the running ones are cancelled.
     """
     gate = asyncio.Semaphore(check_limit(limit))
+    stop = asyncio.Event()
 
     async def one(item: T) -> R:
         async with gate:
-            result = await call(item)
+            if stop.is_set():
+                raise _Stopped
+            try:
+                result = await call(item)
+            except BaseException:
+                stop.set()
+                raise
         done()
         return result
 
-    async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(one(item)) for item in items]
+    tasks = [asyncio.ensure_future(one(item)) for item in items]
+    try:
+        for next_done in asyncio.as_completed(tasks):
+            try:
+                await next_done
+            except _Stopped:
+                continue  # the failure that stopped it is raised when it comes
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
     return [task.result() for task in tasks]
 
 
 def map_bounded(call: Callable[[T], R], items: Sequence[T], limit: int, done: Callable[[], object]) -> list[R]:
     """``[call(item) for item in items]`` on ``limit`` threads; results in input order.
 
-    The first failure cancels the calls not yet started, waits for the running ones and is raised.
+    The first failure is raised at once and no call starts after it; the running ones end in the
+    background (a closed client ends them at their next request).
     """
-    with ThreadPoolExecutor(max_workers=check_limit(limit), thread_name_prefix="cpcnn-client") as pool:
-        futures = [pool.submit(call, item) for item in items]
+    stop = threading.Event()
+
+    def one(item: T) -> R:
+        if stop.is_set():
+            raise _Stopped
         try:
-            for future in as_completed(futures):
+            return call(item)
+        except BaseException:
+            stop.set()
+            raise
+
+    pool = ThreadPoolExecutor(max_workers=check_limit(limit), thread_name_prefix="cpcnn-client")
+    try:
+        futures = [pool.submit(one, item) for item in items]
+        for future in as_completed(futures):
+            if not isinstance(future.exception(), _Stopped):  # the failure that stopped it is raised when it comes
                 future.result()
                 done()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     return [future.result() for future in futures]

@@ -125,8 +125,8 @@ class Client(BaseClient[httpx.BaseTransport]):
 
         ``max_in_flight``: how many sites' jobs may be submitted but not yet finished at once; each
         site is submitted, waited for and its result fetched before its slot takes the next site
-        (slots are threads in the blocking client, tasks in this one). The first failure stops the
-        sites not yet started and is raised. ``timeout`` applies to each site's job.
+        (slots are threads in the blocking client, tasks in this one). The first failure is raised at
+        once and the sites not yet started are never submitted. ``timeout`` applies to each site's job.
         ``progress=None`` shows a bar when there is more than one site and stderr is a terminal.
         """
         resolved = [s if isinstance(s, Site) else Site(**s) for s in sites]

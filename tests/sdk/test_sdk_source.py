@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cpcnn.client import AsyncClient, Client, JobTimeout, RetryPolicy, Site
+from cpcnn.client import AsyncClient, Client, JobFailed, JobTimeout, RetryPolicy, Site
 from cpcnn.errors import InputError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -125,6 +125,45 @@ def test_max_in_flight_counts_unfinished_jobs_in_the_async_client() -> None:
             return await client.embed_many(SITES, max_in_flight=LIMIT, progress=False)
 
     server.check(asyncio.run(run()))
+
+
+def _fail_second_site(submitted: list[int]) -> Any:
+    """A handler whose second site's job fails; records the sites submitted."""
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            site = int(re.search(rb'name="site"\r\n\r\n(\d+)', request.content).group(1))  # type: ignore[union-attr]
+            submitted.append(site)
+            if site == 1:
+                error = {"title": "Invalid input", "status": 422, "detail": "no nuclei", "code": "input_error"}
+                return httpx.Response(200, json={**_job(f"{site:032x}", "failed"), "error": error})
+            return httpx.Response(200, json=_job(f"{site:032x}", "succeeded"))
+        result = {"job_id": "0" * 32, "model": "cnn1", "feature_prefix": "f", "n_cells": 1, "feature_size": 1,
+                  "metadata": {}, "locations": [[1, 2]], "features": [[0.0]]}
+        return httpx.Response(200, content=json.dumps(result), headers={"content-type": "application/json"})
+
+    return respond
+
+
+def test_first_failure_stops_the_sites_not_yet_started() -> None:
+    blocking: list[int] = []
+    with Client("http://cpcnn.test", transport=httpx.MockTransport(_fail_second_site(blocking))) as client:
+        with pytest.raises(JobFailed, match="no nuclei"):
+            client.embed_many(SITES, max_in_flight=1, progress=False)
+
+    concurrent: list[int] = []
+    respond = _fail_second_site(concurrent)
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return respond(request)
+
+    async def run() -> None:
+        async with AsyncClient("http://cpcnn.test", transport=httpx.MockTransport(handler)) as client:
+            await client.embed_many(SITES, max_in_flight=1, progress=False)
+
+    with pytest.raises(JobFailed, match="no nuclei"):
+        asyncio.run(run())
+    assert blocking == concurrent == [0, 1]
 
 
 @pytest.mark.parametrize("limit", [0, -1, 1.5, True])
