@@ -1,4 +1,5 @@
-"""Python SDK for the cpcnn embedding service (needs only httpx and numpy; pandas optional).
+"""Python SDK for the cpcnn embedding service (imports only httpx and numpy; tables come back as pandas
+DataFrames, with pandas and pyarrow imported when the first one does).
 
     from cpcnn.client import Client
     with Client("http://127.0.0.1:8000", api_key=None) as client:

@@ -1,25 +1,30 @@
-"""``AsyncClient``: the asyncio SDK, method for method the same as ``Client``."""
+"""``AsyncClient``: every SDK method that does I/O, written once (``_sync.py`` is generated from this file).
+
+Edit this file, then run ``python scripts/unasync.py``; what cannot be spelled the same way on both
+sides (sleeping, running sites at once) lives in ``_concurrency.py``.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import httpx
+from pydantic import BaseModel
 
 from cpcnn.client._base import (
     LONG_POLL_S,
     BaseClient,
     ImagesInput,
     ResultFormat,
-    RetryPolicy,
     Site,
     Upload,
     concat_tables,
     is_retryable,
+    parquet_table,
 )
+from cpcnn.client._concurrency import async_map_bounded, async_sleep
 from cpcnn.client._errors import JobTimeout, TransportError
 from cpcnn.client._progress import progress_bar
 from cpcnn.client._tables import (
@@ -28,13 +33,13 @@ from cpcnn.client._tables import (
     inline_profiles,
     match_body,
     matches_table,
-    parquet_table,
     ref,
     stored_table_id,
     table_upload,
     with_features,
 )
 from cpcnn.schemas import (
+    CellsResult,
     Evaluation,
     Health,
     JobPublic,
@@ -50,23 +55,24 @@ from cpcnn.schemas import (
     TransformPublic,
 )
 
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
-class AsyncClient(BaseClient):
-    """``async with AsyncClient(url, api_key=...) as client: df = await client.embed(...)``."""
+SchemaT = TypeVar("SchemaT", bound=BaseModel)
 
-    def __init__(
-        self,
-        url: str = "http://127.0.0.1:8000",
-        *,
-        api_key: str | None = None,
-        timeout: float = 120.0,
-        retry: RetryPolicy | int | None = None,
-        headers: Mapping[str, str] | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        super().__init__(url, api_key=api_key, timeout=timeout, retry=retry, headers=headers)
-        self._http = httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=self.timeout,
-                                       transport=transport)
+
+class AsyncClient(BaseClient[httpx.AsyncBaseTransport]):
+    """Talk to a cpcnn server: ``async with AsyncClient("http://host:8000", api_key=...) as client:``.
+
+    Options (``api_key``, ``timeout``, ``job_timeout``, ``retry``, ``headers``, ``transport``): see
+    ``BaseClient.__init__``.
+    """
+
+    _http: httpx.AsyncClient
+
+    def _connect(self, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=self.timeout, transport=transport)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -76,6 +82,8 @@ class AsyncClient(BaseClient):
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    # -- jobs -----------------------------------------------------------------------------------
 
     async def embed(
         self,
@@ -87,13 +95,22 @@ class AsyncClient(BaseClient):
         detect_nuclei: bool = False,
         normalization: str | None = None,
         channel_order: Sequence[str] | str | None = None,
-        timeout: float = 600.0,
-    ) -> Any:
-        """See ``Client.embed``."""
-        job = await self.submit(images, locations, metadata, model, detect_nuclei=detect_nuclei,
-                                normalization=normalization, channel_order=channel_order,
-                                wait=min(timeout, LONG_POLL_S))
-        job = await self.wait(job.id, timeout=timeout) if not job.status.finished else self.check_finished(job)
+        timeout: float | None = None,
+    ) -> pd.DataFrame:
+        """One field of view -> one row per cell, the columns of ``cpcnn embed``.
+
+        ``images``: channel name -> file path, bytes or 2-D array (DNA, RNA, ER, AGP, Mito), or one
+        multi-channel TIFF/array with ``channel_order``. ``locations``: a DataFrame, an (N, 2) array of
+        x, y or a CSV/JSON path; omit it with ``detect_nuclei=True`` to find nuclei on the server.
+        ``metadata``: plate/well/site. ``timeout``: seconds to wait for the job (default: the
+        client's ``job_timeout``). Raises ``JobFailed``, ``InputError`` etc. with the server's message.
+        """
+        deadline = self.job_deadline(timeout)
+        job = await self.submit(
+            images, locations, metadata, model, detect_nuclei=detect_nuclei, normalization=normalization,
+            channel_order=channel_order, wait=min(deadline, LONG_POLL_S),
+        )
+        job = await self.wait(job.id, timeout=deadline) if not job.status.finished else self.check_finished(job)
         return await self.result(job.id)
 
     async def embed_many(
@@ -105,22 +122,26 @@ class AsyncClient(BaseClient):
         normalization: str | None = None,
         max_in_flight: int = 4,
         progress: bool | None = None,
-        timeout: float = 600.0,
-    ) -> Any:
-        """See ``Client.embed_many``; sites run concurrently, rows come back in site order."""
+        timeout: float | None = None,
+    ) -> pd.DataFrame:
+        """Many fields of view -> one table, rows in site order.
+
+        ``max_in_flight``: how many sites' jobs may be submitted but not yet finished at once; each
+        site is submitted, waited for and its result fetched before its slot takes the next site
+        (slots are threads in the blocking client, tasks in this one). The first failure is raised at
+        once and the sites not yet started are never submitted. ``timeout`` applies to each site's job.
+        ``progress=None`` shows a bar when there is more than one site and stderr is a terminal.
+        """
         resolved = [s if isinstance(s, Site) else Site(**s) for s in sites]
-        gate = asyncio.Semaphore(max_in_flight)
+
+        async def one(site: Site) -> pd.DataFrame:
+            return await self.embed(
+                site.images, site.locations, site.metadata, model, detect_nuclei=detect_nuclei,
+                normalization=normalization, channel_order=site.channel_order, timeout=timeout,
+            )
+
         with progress_bar(len(resolved), progress) as bar:
-
-            async def one(site: Site) -> Any:
-                async with gate:
-                    table = await self.embed(site.images, site.locations, site.metadata, model,
-                                             detect_nuclei=detect_nuclei, normalization=normalization,
-                                             channel_order=site.channel_order, timeout=timeout)
-                bar.update(1)
-                return table
-
-            tables = await asyncio.gather(*(one(site) for site in resolved))
+            tables = await async_map_bounded(one, resolved, max_in_flight, bar.update)
         return concat_tables(tables)
 
     async def submit(
@@ -135,16 +156,19 @@ class AsyncClient(BaseClient):
         channel_order: Sequence[str] | str | None = None,
         wait: float = 0.0,
     ) -> JobPublic:
-        """See ``Client.submit``."""
-        upload = self.build_upload(images, locations, metadata, model, detect_nuclei=detect_nuclei,
-                                   normalization=normalization, channel_order=channel_order)
-        return self.parse_job(await self._send("POST", "/v1/jobs", params={"wait": wait}, upload=upload))
+        """Queue one field of view; returns the job (finished if it did so within ``wait`` seconds)."""
+        site = Site(images, locations, metadata, channel_order)
+        upload = self.build_upload(site, model, detect_nuclei=detect_nuclei, normalization=normalization)
+        return self.parse_job(await self._send("POST", "/v1/jobs", wait=wait, upload=upload))
 
     async def job(self, job_id: str, *, wait: float = 0.0) -> JobPublic:
-        return self.parse_job(await self._send("GET", f"/v1/jobs/{job_id}", params={"wait": wait}))
+        """The job's state now, or once it finishes within ``wait`` seconds."""
+        return self.parse_job(await self._send("GET", f"/v1/jobs/{job_id}", wait=wait))
 
-    async def wait(self, job_id: str, *, timeout: float = 600.0) -> JobPublic:
-        """See ``Client.wait``."""
+    async def wait(self, job_id: str, *, timeout: float | None = None) -> JobPublic:
+        """Until the job succeeds (returned) or fails (``JobFailed``); ``JobTimeout`` after ``timeout``
+        seconds (default: the client's ``job_timeout``)."""
+        timeout = self.job_deadline(timeout)
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -154,7 +178,19 @@ class AsyncClient(BaseClient):
             if time.monotonic() >= deadline:
                 raise JobTimeout(f"job {job_id} is still {job.status.value} after {timeout:g} s", job_id=job_id)
 
-    async def result(self, job_id: str, *, format: ResultFormat = "table") -> Any:
+    @overload
+    async def result(self, job_id: str, *, format: Literal["table"] = "table") -> pd.DataFrame: ...
+
+    @overload
+    async def result(self, job_id: str, *, format: Literal["numpy"]) -> np.ndarray: ...
+
+    @overload
+    async def result(self, job_id: str, *, format: Literal["json"]) -> CellsResult: ...
+
+    async def result(
+        self, job_id: str, *, format: ResultFormat = "table"
+    ) -> pd.DataFrame | np.ndarray | CellsResult:
+        """A succeeded job's cells: ``table`` (DataFrame), ``numpy`` ((N, D) float32) or ``json``."""
         params, accept = self.result_request(format)
         response = await self._send("GET", f"/v1/jobs/{job_id}/result", params=params, headers={"Accept": accept})
         return self.parse_result(response, format)
@@ -167,19 +203,24 @@ class AsyncClient(BaseClient):
     async def upload_table(
         self, table: TableInput, *, features: FeaturesInput = None, name: str | None = None
     ) -> TablePublic:
-        """See ``Client.upload_table``."""
+        """Store a profile table on the server (CSV/CSV.gz/Parquet path, bytes, DataFrame or column dict).
+
+        ``features`` names the feature columns, names or glob patterns such as ``"efficientnet_*"``
+        (default: every numeric column not named ``Metadata_*``); every method that reads a table's
+        columns takes the same ``features``. The same upload returns the same table, so retrying is safe.
+        """
         upload = table_upload(table, features=features, name=name)
-        return TablePublic.model_validate_json((await self._send("POST", "/v1/tables", upload=upload)).content)
+        return await self._parse(TablePublic, "POST", "/v1/tables", upload=upload)
 
     async def tables(self) -> list[TablePublic]:
-        return TableList.model_validate_json((await self._send("GET", "/v1/tables")).content).data
+        listing = await self._parse(TableList, "GET", "/v1/tables")
+        return listing.data
 
     async def get_table(self, table_id: Any) -> TablePublic:
-        response = await self._send("GET", f"/v1/tables/{ref(table_id, 'table')}")
-        return TablePublic.model_validate_json(response.content)
+        return await self._parse(TablePublic, "GET", f"/v1/tables/{ref(table_id, 'table')}")
 
-    async def download_table(self, table_id: Any) -> Any:
-        """See ``Client.download_table``."""
+    async def download_table(self, table_id: Any) -> pd.DataFrame:
+        """A stored table's rows."""
         response = await self._send("GET", f"/v1/tables/{ref(table_id, 'table')}/data", params={"format": "parquet"})
         return parquet_table(response.content)
 
@@ -189,45 +230,45 @@ class AsyncClient(BaseClient):
     async def fit_sphering(
         self, table: TableInput, *, controls: str, lam: float, method: str = "zca", features: FeaturesInput = None
     ) -> TransformPublic:
-        """See ``Client.fit_sphering``."""
-        body = {"table_id": await self._table_id(table), "controls": controls, "lambda": lam, "method": method}
-        body = with_features(body, features)
-        return TransformPublic.model_validate_json((await self._send("POST", "/v1/transforms", json=body)).content)
+        """Fit ZCA sphering on the rows selected by ``controls`` ("COLUMN=VALUE"); uploads ``table`` unless it is an id."""
+        fields = {"controls": controls, "lambda": lam, "method": method}
+        return await self._post_table(TransformPublic, "/v1/transforms", table, features, fields)
 
     async def transforms(self) -> list[TransformPublic]:
-        return TransformList.model_validate_json((await self._send("GET", "/v1/transforms")).content).data
+        listing = await self._parse(TransformList, "GET", "/v1/transforms")
+        return listing.data
 
     async def get_transform(self, transform_id: Any) -> TransformPublic:
-        response = await self._send("GET", f"/v1/transforms/{ref(transform_id, 'transform')}")
-        return TransformPublic.model_validate_json(response.content)
+        return await self._parse(TransformPublic, "GET", f"/v1/transforms/{ref(transform_id, 'transform')}")
 
     async def delete_transform(self, transform_id: Any) -> None:
         await self._send("DELETE", f"/v1/transforms/{ref(transform_id, 'transform')}")
 
     async def sphere_table(self, transform_id: Any, table: TableInput, *, features: FeaturesInput = None) -> TablePublic:
-        """See ``Client.sphere_table``."""
-        body = with_features({"table_id": await self._table_id(table)}, features)
-        response = await self._send("POST", f"/v1/transforms/{ref(transform_id, 'transform')}/apply", json=body)
-        return TablePublic.model_validate_json(response.content)
+        """Apply a transform on the server and keep the sphered table there (e.g. to build a library)."""
+        path = f"/v1/transforms/{ref(transform_id, 'transform')}/apply"
+        return await self._post_table(TablePublic, path, table, features, {})
 
-    async def apply_sphering(self, transform_id: Any, table: TableInput, *, features: FeaturesInput = None) -> Any:
-        """See ``Client.apply_sphering``."""
-        return await self.download_table((await self.sphere_table(transform_id, table, features=features)).id)
+    async def apply_sphering(
+        self, transform_id: Any, table: TableInput, *, features: FeaturesInput = None
+    ) -> pd.DataFrame:
+        """Sphere ``table`` with a stored transform -> the sphered rows."""
+        sphered = await self.sphere_table(transform_id, table, features=features)
+        return await self.download_table(sphered.id)
 
     async def create_library(
         self, table: TableInput, *, id_col: str, annotations: Sequence[str] = (), features: FeaturesInput = None
     ) -> LibraryPublic:
-        """See ``Client.create_library``."""
-        body = {"table_id": await self._table_id(table), "id_column": id_col, "annotations": list(annotations)}
-        body = with_features(body, features)
-        return LibraryPublic.model_validate_json((await self._send("POST", "/v1/libraries", json=body)).content)
+        """Build a reference library (rows sharing ``id_col`` are averaged); uploads ``table`` unless it is an id."""
+        fields = {"id_column": id_col, "annotations": list(annotations)}
+        return await self._post_table(LibraryPublic, "/v1/libraries", table, features, fields)
 
     async def libraries(self) -> list[LibraryPublic]:
-        return LibraryList.model_validate_json((await self._send("GET", "/v1/libraries")).content).data
+        listing = await self._parse(LibraryList, "GET", "/v1/libraries")
+        return listing.data
 
     async def get_library(self, library_id: Any) -> LibraryPublic:
-        response = await self._send("GET", f"/v1/libraries/{ref(library_id, 'library')}")
-        return LibraryPublic.model_validate_json(response.content)
+        return await self._parse(LibraryPublic, "GET", f"/v1/libraries/{ref(library_id, 'library')}")
 
     async def delete_library(self, library_id: Any) -> None:
         await self._send("DELETE", f"/v1/libraries/{ref(library_id, 'library')}")
@@ -241,14 +282,18 @@ class AsyncClient(BaseClient):
         top_k: int = 10,
         leave_one_out: bool = False,
         features: FeaturesInput = None,
-    ) -> Any:
-        """See ``Client.match``."""
+    ) -> pd.DataFrame:
+        """Top-k cosine matches -> long table (query_id, rank, library_id, score, annotations...).
+
+        ``queries``: a table (id, path, bytes, DataFrame; uploaded unless an id), a (Q, D) array or
+        ``{"features": (Q, D), "ids": (Q,)}`` in the library's feature order.
+        """
         profiles = inline_profiles(queries)
         table_id = None if profiles is not None else await self._table_id(queries)
         body = match_body(table_id=table_id, profiles=profiles, id_col=id_col, top_k=top_k, leave_one_out=leave_one_out,
                           features=features)
-        response = await self._send("POST", f"/v1/libraries/{ref(library_id, 'library')}/match", json=body)
-        return matches_table(MatchResult.model_validate_json(response.content))
+        path = f"/v1/libraries/{ref(library_id, 'library')}/match"
+        return matches_table(await self._parse(MatchResult, "POST", path, json=body))
 
     async def evaluate(
         self,
@@ -260,35 +305,66 @@ class AsyncClient(BaseClient):
         features: FeaturesInput = None,
         convention: str = "copairs",
     ) -> dict[str, Any]:
-        """See ``Client.evaluate``."""
-        body = {"table_id": await self._table_id(table), "id_column": id_col, "annotation": annotation,
-                "separator": sep, "convention": convention}
-        body = with_features(body, features)
-        return Evaluation.model_validate_json((await self._send("POST", "/v1/evaluate", json=body)).content).model_dump()
+        """Retrieval metrics (convention, mean_average_precision, ..._interpolated, folds_of_enrichment, n_queries, ...).
+
+        ``convention``: "copairs" (default) or "paper" (the CNN-1 paper's published evaluation code).
+        Returns the fields of ``cpcnn.schemas.Evaluation`` as a dict.
+        """
+        fields = {"id_column": id_col, "annotation": annotation, "separator": sep, "convention": convention}
+        evaluation = await self._post_table(Evaluation, "/v1/evaluate", table, features, fields)
+        return evaluation.model_dump()
+
+    async def _post_table(
+        self, schema: type[SchemaT], path: str, table: TableInput, features: FeaturesInput, fields: dict[str, Any]
+    ) -> SchemaT:
+        """POST ``fields`` about ``table`` (uploaded first unless it is a stored id) and its ``features``."""
+        body = with_features({"table_id": await self._table_id(table), **fields}, features)
+        return await self._parse(schema, "POST", path, json=body)
 
     async def _table_id(self, table: TableInput) -> str:
         stored = stored_table_id(table)
-        return stored if stored is not None else (await self.upload_table(table)).id
+        if stored is not None:
+            return stored
+        uploaded = await self.upload_table(table)
+        return uploaded.id
+
+    # -- models and health ----------------------------------------------------------------------
 
     async def models(self) -> list[ModelPublic]:
-        return ModelList.model_validate_json((await self._send("GET", "/v1/models")).content).data
+        listing = await self._parse(ModelList, "GET", "/v1/models")
+        return listing.data
 
     async def model(self, name: str) -> ModelPublic:
-        return ModelPublic.model_validate_json((await self._send("GET", f"/v1/models/{name}")).content)
+        return await self._parse(ModelPublic, "GET", f"/v1/models/{name}")
 
     async def health(self) -> Health:
-        return Health.model_validate_json((await self._send("GET", "/healthz")).content)
+        return await self._parse(Health, "GET", "/healthz")
 
     async def ready(self) -> Readiness:
+        """Readiness, without raising when the server is not ready (503 carries the reasons)."""
         response = await self._http.get("/readyz")
         if response.status_code not in (200, 503):
             self.raise_for_status(response)
         return Readiness.model_validate_json(response.content)
 
+    # -- transport ------------------------------------------------------------------------------
+
+    async def _parse(
+        self, schema: type[SchemaT], method: str, path: str, *, upload: Upload | None = None, json: Any = None
+    ) -> SchemaT:
+        """Send, then validate the JSON answer as ``schema``."""
+        response = await self._send(method, path, upload=upload, json=json)
+        return schema.model_validate_json(response.content)
+
     async def _send(
         self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None, upload: Upload | None = None, json: Any = None,
+        wait: float | None = None,
     ) -> httpx.Response:
+        """One request with the retry policy; ``wait``: a long poll, given that much longer to answer."""
+        if wait is not None:
+            params = {**(params or {}), "wait": wait}
+        timeout = self.long_poll_timeout(wait or 0.0)
         attempt = 0
         while True:
             attempt += 1
@@ -296,7 +372,7 @@ class AsyncClient(BaseClient):
             error: httpx.TransportError | None = None
             try:
                 request = self._http.build_request(
-                    method, path, params=params, headers=headers,
+                    method, path, params=params, headers=headers, timeout=timeout,
                     files=upload.files if upload else None, data=upload.data if upload else None, json=json,
                 )
                 response = await self._http.send(request)
@@ -309,4 +385,4 @@ class AsyncClient(BaseClient):
                 assert response is not None
                 self.raise_for_status(response)
                 return response
-            await asyncio.sleep(self.retry.delay(attempt, response.headers.get("Retry-After") if response else None))
+            await async_sleep(self.retry.delay(attempt, response.headers.get("Retry-After") if response else None))

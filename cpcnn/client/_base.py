@@ -1,6 +1,10 @@
 """Everything the SDK does that is not I/O: options, request building, responses -> schemas or errors.
 
-``Client`` and ``AsyncClient`` differ only in how they send (and sleep); both share this base.
+``AsyncClient`` (``_async.py``) is the one written source of the methods that do I/O; ``Client``
+(``_sync.py``) is generated from it by ``scripts/unasync.py``. Both share this base.
+
+pandas and pyarrow (base dependencies) are imported inside the functions that build tables, so
+``import cpcnn.client`` loads only httpx and numpy.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import httpx
 import numpy as np
@@ -34,6 +38,9 @@ from cpcnn.schemas import (
     JobStatus,
 )
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 logger = logging.getLogger("cpcnn.client")
 
 ImageInput = str | PathLike[str] | bytes | np.ndarray
@@ -42,6 +49,11 @@ ResultFormat = Literal["table", "numpy", "json"]
 RETRY_STATUSES = frozenset({502, 503, 504})
 #: Longest single server-side wait per request (the server caps it too).
 LONG_POLL_S = 30.0
+#: Default seconds for one HTTP request (``Client(timeout=...)``).
+REQUEST_TIMEOUT_S = 120.0
+#: Default for how long ``embed``/``embed_many``/``wait`` wait for one job (``Client(job_timeout=...)``).
+JOB_TIMEOUT_S = 600.0
+TransportT = TypeVar("TransportT")
 _METADATA_KEYS = {"plate": "Metadata_Plate", "well": "Metadata_Well", "site": "Metadata_Site"}
 
 
@@ -83,41 +95,58 @@ class Upload:
     data: dict[str, str | list[str]]
 
 
-class BaseClient:
-    """Options and translation shared by the sync and async clients."""
+class BaseClient(Generic[TransportT]):
+    """Options and translation shared by the sync and async clients; ``TransportT`` is httpx's
+    transport type for the side (``transport=`` replaces the network, e.g. ``httpx.MockTransport``)."""
 
     def __init__(
         self,
         url: str = "http://127.0.0.1:8000",
         *,
         api_key: str | None = None,
-        timeout: float = 120.0,
+        timeout: float = REQUEST_TIMEOUT_S,
+        job_timeout: float = JOB_TIMEOUT_S,
         retry: RetryPolicy | int | None = None,
         headers: Mapping[str, str] | None = None,
+        transport: TransportT | None = None,
     ) -> None:
+        """``timeout``: seconds for one HTTP request (a long-poll request gets its server-side wait on
+        top). ``job_timeout``: how long ``embed``, ``embed_many`` and ``wait`` wait for a job unless
+        the call passes its own ``timeout``. ``retry``: a ``RetryPolicy`` or a number of attempts."""
         self.url = url.rstrip("/")
         if isinstance(retry, int):
             retry = RetryPolicy(attempts=max(1, retry))
         self.retry = retry or RetryPolicy()
         self.timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
+        self.job_timeout = job_timeout
         self.headers = {"User-Agent": f"cpcnn-client/{__version__}", **(headers or {})}
         if api_key:
             self.headers[API_KEY_HEADER] = api_key
+        self._http = self._connect(transport)
+
+    def _connect(self, transport: TransportT | None) -> Any:
+        """The httpx client this side sends with."""
+        raise NotImplementedError
 
     # -- requests -------------------------------------------------------------------------------
 
+    def job_deadline(self, timeout: float | None) -> float:
+        """Seconds to wait for a job: the call's ``timeout``, else the client's ``job_timeout``."""
+        return self.job_timeout if timeout is None else timeout
+
+    def long_poll_timeout(self, wait: float) -> httpx.Timeout:
+        """The client's request timeout plus the ``wait`` seconds the server may hold the request."""
+        base = self.timeout
+        if base.read is None or wait <= 0:
+            return base
+        return httpx.Timeout(connect=base.connect, read=base.read + wait, write=base.write, pool=base.pool)
+
+    @staticmethod
     def build_upload(
-        self,
-        images: ImagesInput,
-        locations: Any = None,
-        metadata: Mapping[str, str] | None = None,
-        model: str | None = None,
-        *,
-        detect_nuclei: bool = False,
-        normalization: str | None = None,
-        channel_order: Sequence[str] | str | None = None,
+        site: Site, model: str | None = None, *, detect_nuclei: bool = False, normalization: str | None = None
     ) -> Upload:
         """Normalize the caller's inputs into multipart parts (validating locations locally)."""
+        images, locations, channel_order = site.images, site.locations, site.channel_order
         files: list[tuple[str, tuple[str, bytes, str]]] = []
         data: dict[str, str | list[str]] = {}
         if isinstance(images, Mapping):
@@ -136,7 +165,7 @@ class BaseClient:
             files.append(("locations", ("locations.csv", locations_csv(locations), "text/csv")))
         elif detect_nuclei:
             data["detect_nuclei"] = "true"
-        for key, value in normalize_metadata(metadata).items():
+        for key, value in normalize_metadata(site.metadata).items():
             data[key] = value
         if model:
             data["model"] = model
@@ -168,26 +197,24 @@ class BaseClient:
 
     @staticmethod
     def result_request(fmt: ResultFormat) -> tuple[dict[str, str], str]:
-        """(query params, Accept) for a result format: Parquet when pyarrow is there, else JSON."""
+        """(query params, Accept) for a result format: a table travels as Parquet."""
         if fmt == "numpy":
             return {"format": "npy"}, MEDIA_NPY
-        if fmt == "table" and _has_module("pyarrow"):
+        if fmt == "table":
             return {"format": "parquet"}, MEDIA_PARQUET
         return {"format": "json"}, MEDIA_JSON
 
     @staticmethod
-    def parse_result(response: httpx.Response, fmt: ResultFormat) -> Any:
-        """Response -> DataFrame (pandas installed) or dict of column arrays; (N, D) array; CellsResult."""
+    def parse_result(response: httpx.Response, fmt: ResultFormat) -> pd.DataFrame | np.ndarray | CellsResult:
+        """Response -> DataFrame (``table``), (N, D) array (``numpy``) or ``CellsResult`` (``json``).
+
+        A server that answers a table request with JSON still yields the same DataFrame.
+        """
         media = response.headers.get("content-type", "").split(";")[0].strip()
         if media == MEDIA_NPY:
             return np.load(io.BytesIO(response.content), allow_pickle=False)
         if media == MEDIA_PARQUET:
-            import pyarrow.parquet as pq  # type: ignore[import-untyped]
-
-            table = pq.read_table(io.BytesIO(response.content))
-            if _has_module("pandas"):
-                return table.to_pandas()
-            return {name: table.column(name).to_numpy() for name in table.column_names}
+            return parquet_table(response.content)
         result = CellsResult.model_validate_json(response.content)
         return result if fmt == "json" else cells_columns(result)
 
@@ -195,12 +222,6 @@ class BaseClient:
     def log_request(request: httpx.Request, response: httpx.Response) -> None:
         logger.info('HTTP Request: %s %s "%d %s"', request.method, request.url, response.status_code,
                     response.reason_phrase)
-
-
-def _has_module(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
 
 
 def _canonical_channel(name: str) -> str:
@@ -243,8 +264,10 @@ def normalize_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
     return fields
 
 
-def cells_columns(result: CellsResult) -> Any:
-    """CellsResult -> the ``cpcnn embed`` columns, as a DataFrame when pandas is installed."""
+def cells_columns(result: CellsResult) -> pd.DataFrame:
+    """CellsResult -> the ``cpcnn embed`` columns."""
+    import pandas as pd
+
     n_cells = result.n_cells
     columns: dict[str, Any] = {}
     for key in (*SITE_KEYS, *(k for k in result.metadata if k not in SITE_KEYS)):
@@ -258,23 +281,22 @@ def cells_columns(result: CellsResult) -> Any:
     features = np.asarray(result.features, np.float32).reshape(n_cells, result.feature_size)
     for index in range(result.feature_size):
         columns[f"{result.feature_prefix}_{index}"] = features[:, index]
-    if _has_module("pandas"):
-        import pandas as pd  # type: ignore[import-untyped]
-
-        return pd.DataFrame(columns)
-    return columns
+    return pd.DataFrame(columns)
 
 
-def concat_tables(parts: Iterable[Any]) -> Any:
-    """Row-wise concatenation of DataFrames or column dicts, in order."""
-    parts = list(parts)
-    if not parts:
-        return {}
-    if isinstance(parts[0], dict):
-        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+def parquet_table(content: bytes) -> pd.DataFrame:
+    """Parquet bytes -> a DataFrame."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(io.BytesIO(content)).to_pandas()
+
+
+def concat_tables(parts: Iterable[pd.DataFrame]) -> pd.DataFrame:
+    """Row-wise concatenation of DataFrames, in order (no parts: an empty DataFrame)."""
     import pandas as pd
 
-    return pd.concat(parts, ignore_index=True)
+    parts = list(parts)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 def is_retryable(exc: BaseException | None, response: httpx.Response | None) -> bool:

@@ -1,25 +1,27 @@
-"""``Client``: the blocking SDK. Only ``_send`` and sleeping differ from ``AsyncClient``."""
+# Generated from _async.py by scripts/unasync.py: do not edit; edit _async.py and run scripts/unasync.py.
+"""``Client``: the blocking SDK, method for method the same as ``AsyncClient`` in ``_async.py``."""
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import httpx
+from pydantic import BaseModel
 
 from cpcnn.client._base import (
     LONG_POLL_S,
     BaseClient,
     ImagesInput,
     ResultFormat,
-    RetryPolicy,
     Site,
     Upload,
     concat_tables,
     is_retryable,
+    parquet_table,
 )
+from cpcnn.client._concurrency import map_bounded, sleep
 from cpcnn.client._errors import JobTimeout, TransportError
 from cpcnn.client._progress import progress_bar
 from cpcnn.client._tables import (
@@ -28,13 +30,13 @@ from cpcnn.client._tables import (
     inline_profiles,
     match_body,
     matches_table,
-    parquet_table,
     ref,
     stored_table_id,
     table_upload,
     with_features,
 )
 from cpcnn.schemas import (
+    CellsResult,
     Evaluation,
     Health,
     JobPublic,
@@ -50,22 +52,24 @@ from cpcnn.schemas import (
     TransformPublic,
 )
 
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
-class Client(BaseClient):
-    """Talk to a cpcnn server: ``Client("http://host:8000", api_key=...)``; use as a context manager."""
+SchemaT = TypeVar("SchemaT", bound=BaseModel)
 
-    def __init__(
-        self,
-        url: str = "http://127.0.0.1:8000",
-        *,
-        api_key: str | None = None,
-        timeout: float = 120.0,
-        retry: RetryPolicy | int | None = None,
-        headers: Mapping[str, str] | None = None,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        super().__init__(url, api_key=api_key, timeout=timeout, retry=retry, headers=headers)
-        self._http = httpx.Client(base_url=self.url, headers=self.headers, timeout=self.timeout, transport=transport)
+
+class Client(BaseClient[httpx.BaseTransport]):
+    """Talk to a cpcnn server: ``with Client("http://host:8000", api_key=...) as client:``.
+
+    Options (``api_key``, ``timeout``, ``job_timeout``, ``retry``, ``headers``, ``transport``): see
+    ``BaseClient.__init__``.
+    """
+
+    _http: httpx.Client
+
+    def _connect(self, transport: httpx.BaseTransport | None) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=self.timeout, transport=transport)
 
     def __enter__(self) -> Client:
         return self
@@ -88,19 +92,22 @@ class Client(BaseClient):
         detect_nuclei: bool = False,
         normalization: str | None = None,
         channel_order: Sequence[str] | str | None = None,
-        timeout: float = 600.0,
-    ) -> Any:
+        timeout: float | None = None,
+    ) -> pd.DataFrame:
         """One field of view -> one row per cell, the columns of ``cpcnn embed``.
 
         ``images``: channel name -> file path, bytes or 2-D array (DNA, RNA, ER, AGP, Mito), or one
         multi-channel TIFF/array with ``channel_order``. ``locations``: a DataFrame, an (N, 2) array of
         x, y or a CSV/JSON path; omit it with ``detect_nuclei=True`` to find nuclei on the server.
-        ``metadata``: plate/well/site. Returns a DataFrame when pandas is installed, else a dict of
-        column arrays. Raises ``JobFailed``, ``BadRequest`` etc. with the server's message.
+        ``metadata``: plate/well/site. ``timeout``: seconds to wait for the job (default: the
+        client's ``job_timeout``). Raises ``JobFailed``, ``InputError`` etc. with the server's message.
         """
-        job = self.submit(images, locations, metadata, model, detect_nuclei=detect_nuclei,
-                          normalization=normalization, channel_order=channel_order, wait=min(timeout, LONG_POLL_S))
-        job = self.wait(job.id, timeout=timeout) if not job.status.finished else self.check_finished(job)
+        deadline = self.job_deadline(timeout)
+        job = self.submit(
+            images, locations, metadata, model, detect_nuclei=detect_nuclei, normalization=normalization,
+            channel_order=channel_order, wait=min(deadline, LONG_POLL_S),
+        )
+        job = self.wait(job.id, timeout=deadline) if not job.status.finished else self.check_finished(job)
         return self.result(job.id)
 
     def embed_many(
@@ -112,31 +119,27 @@ class Client(BaseClient):
         normalization: str | None = None,
         max_in_flight: int = 4,
         progress: bool | None = None,
-        timeout: float = 600.0,
-    ) -> Any:
-        """Many fields of view, ``max_in_flight`` at a time -> one table, rows in site order.
+        timeout: float | None = None,
+    ) -> pd.DataFrame:
+        """Many fields of view -> one table, rows in site order.
 
+        ``max_in_flight``: how many sites' jobs may be submitted but not yet finished at once; each
+        site is submitted, waited for and its result fetched before its slot takes the next site
+        (slots are threads in the blocking client, tasks in this one). The first failure is raised at
+        once and the sites not yet started are never submitted. ``timeout`` applies to each site's job.
         ``progress=None`` shows a bar when there is more than one site and stderr is a terminal.
         """
         resolved = [s if isinstance(s, Site) else Site(**s) for s in sites]
-        pending: deque[str] = deque()
-        tables: list[Any] = []
-        with progress_bar(len(resolved), progress) as bar:
-            for site in resolved:
-                job = self.submit(site.images, site.locations, site.metadata, model, detect_nuclei=detect_nuclei,
-                                  normalization=normalization, channel_order=site.channel_order)
-                pending.append(job.id)
-                if len(pending) >= max_in_flight:
-                    tables.append(self._collect(pending.popleft(), timeout))
-                    bar.update(1)
-            while pending:
-                tables.append(self._collect(pending.popleft(), timeout))
-                bar.update(1)
-        return concat_tables(tables)
 
-    def _collect(self, job_id: str, timeout: float) -> Any:
-        self.wait(job_id, timeout=timeout)
-        return self.result(job_id)
+        def one(site: Site) -> pd.DataFrame:
+            return self.embed(
+                site.images, site.locations, site.metadata, model, detect_nuclei=detect_nuclei,
+                normalization=normalization, channel_order=site.channel_order, timeout=timeout,
+            )
+
+        with progress_bar(len(resolved), progress) as bar:
+            tables = map_bounded(one, resolved, max_in_flight, bar.update)
+        return concat_tables(tables)
 
     def submit(
         self,
@@ -151,15 +154,18 @@ class Client(BaseClient):
         wait: float = 0.0,
     ) -> JobPublic:
         """Queue one field of view; returns the job (finished if it did so within ``wait`` seconds)."""
-        upload = self.build_upload(images, locations, metadata, model, detect_nuclei=detect_nuclei,
-                                   normalization=normalization, channel_order=channel_order)
-        return self.parse_job(self._send("POST", "/v1/jobs", params={"wait": wait}, upload=upload))
+        site = Site(images, locations, metadata, channel_order)
+        upload = self.build_upload(site, model, detect_nuclei=detect_nuclei, normalization=normalization)
+        return self.parse_job(self._send("POST", "/v1/jobs", wait=wait, upload=upload))
 
     def job(self, job_id: str, *, wait: float = 0.0) -> JobPublic:
-        return self.parse_job(self._send("GET", f"/v1/jobs/{job_id}", params={"wait": wait}))
+        """The job's state now, or once it finishes within ``wait`` seconds."""
+        return self.parse_job(self._send("GET", f"/v1/jobs/{job_id}", wait=wait))
 
-    def wait(self, job_id: str, *, timeout: float = 600.0) -> JobPublic:
-        """Block until the job succeeds (returned) or fails (``JobFailed``); ``JobTimeout`` after ``timeout``."""
+    def wait(self, job_id: str, *, timeout: float | None = None) -> JobPublic:
+        """Until the job succeeds (returned) or fails (``JobFailed``); ``JobTimeout`` after ``timeout``
+        seconds (default: the client's ``job_timeout``)."""
+        timeout = self.job_deadline(timeout)
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -169,8 +175,19 @@ class Client(BaseClient):
             if time.monotonic() >= deadline:
                 raise JobTimeout(f"job {job_id} is still {job.status.value} after {timeout:g} s", job_id=job_id)
 
-    def result(self, job_id: str, *, format: ResultFormat = "table") -> Any:
-        """A succeeded job's cells: ``table`` (DataFrame or column dict), ``numpy`` (N, D) or ``json``."""
+    @overload
+    def result(self, job_id: str, *, format: Literal["table"] = "table") -> pd.DataFrame: ...
+
+    @overload
+    def result(self, job_id: str, *, format: Literal["numpy"]) -> np.ndarray: ...
+
+    @overload
+    def result(self, job_id: str, *, format: Literal["json"]) -> CellsResult: ...
+
+    def result(
+        self, job_id: str, *, format: ResultFormat = "table"
+    ) -> pd.DataFrame | np.ndarray | CellsResult:
+        """A succeeded job's cells: ``table`` (DataFrame), ``numpy`` ((N, D) float32) or ``json``."""
         params, accept = self.result_request(format)
         response = self._send("GET", f"/v1/jobs/{job_id}/result", params=params, headers={"Accept": accept})
         return self.parse_result(response, format)
@@ -190,16 +207,17 @@ class Client(BaseClient):
         columns takes the same ``features``. The same upload returns the same table, so retrying is safe.
         """
         upload = table_upload(table, features=features, name=name)
-        return TablePublic.model_validate_json(self._send("POST", "/v1/tables", upload=upload).content)
+        return self._parse(TablePublic, "POST", "/v1/tables", upload=upload)
 
     def tables(self) -> list[TablePublic]:
-        return TableList.model_validate_json(self._send("GET", "/v1/tables").content).data
+        listing = self._parse(TableList, "GET", "/v1/tables")
+        return listing.data
 
     def get_table(self, table_id: Any) -> TablePublic:
-        return TablePublic.model_validate_json(self._send("GET", f"/v1/tables/{ref(table_id, 'table')}").content)
+        return self._parse(TablePublic, "GET", f"/v1/tables/{ref(table_id, 'table')}")
 
-    def download_table(self, table_id: Any) -> Any:
-        """A stored table's rows: a DataFrame with pandas, else a dict of column arrays."""
+    def download_table(self, table_id: Any) -> pd.DataFrame:
+        """A stored table's rows."""
         response = self._send("GET", f"/v1/tables/{ref(table_id, 'table')}/data", params={"format": "parquet"})
         return parquet_table(response.content)
 
@@ -210,16 +228,15 @@ class Client(BaseClient):
         self, table: TableInput, *, controls: str, lam: float, method: str = "zca", features: FeaturesInput = None
     ) -> TransformPublic:
         """Fit ZCA sphering on the rows selected by ``controls`` ("COLUMN=VALUE"); uploads ``table`` unless it is an id."""
-        body = {"table_id": self._table_id(table), "controls": controls, "lambda": lam, "method": method}
-        body = with_features(body, features)
-        return TransformPublic.model_validate_json(self._send("POST", "/v1/transforms", json=body).content)
+        fields = {"controls": controls, "lambda": lam, "method": method}
+        return self._post_table(TransformPublic, "/v1/transforms", table, features, fields)
 
     def transforms(self) -> list[TransformPublic]:
-        return TransformList.model_validate_json(self._send("GET", "/v1/transforms").content).data
+        listing = self._parse(TransformList, "GET", "/v1/transforms")
+        return listing.data
 
     def get_transform(self, transform_id: Any) -> TransformPublic:
-        path = f"/v1/transforms/{ref(transform_id, 'transform')}"
-        return TransformPublic.model_validate_json(self._send("GET", path).content)
+        return self._parse(TransformPublic, "GET", f"/v1/transforms/{ref(transform_id, 'transform')}")
 
     def delete_transform(self, transform_id: Any) -> None:
         self._send("DELETE", f"/v1/transforms/{ref(transform_id, 'transform')}")
@@ -227,26 +244,28 @@ class Client(BaseClient):
     def sphere_table(self, transform_id: Any, table: TableInput, *, features: FeaturesInput = None) -> TablePublic:
         """Apply a transform on the server and keep the sphered table there (e.g. to build a library)."""
         path = f"/v1/transforms/{ref(transform_id, 'transform')}/apply"
-        body = with_features({"table_id": self._table_id(table)}, features)
-        return TablePublic.model_validate_json(self._send("POST", path, json=body).content)
+        return self._post_table(TablePublic, path, table, features, {})
 
-    def apply_sphering(self, transform_id: Any, table: TableInput, *, features: FeaturesInput = None) -> Any:
-        """Sphere ``table`` with a stored transform -> the sphered rows (DataFrame, or dict without pandas)."""
-        return self.download_table(self.sphere_table(transform_id, table, features=features).id)
+    def apply_sphering(
+        self, transform_id: Any, table: TableInput, *, features: FeaturesInput = None
+    ) -> pd.DataFrame:
+        """Sphere ``table`` with a stored transform -> the sphered rows."""
+        sphered = self.sphere_table(transform_id, table, features=features)
+        return self.download_table(sphered.id)
 
     def create_library(
         self, table: TableInput, *, id_col: str, annotations: Sequence[str] = (), features: FeaturesInput = None
     ) -> LibraryPublic:
         """Build a reference library (rows sharing ``id_col`` are averaged); uploads ``table`` unless it is an id."""
-        body = {"table_id": self._table_id(table), "id_column": id_col, "annotations": list(annotations)}
-        body = with_features(body, features)
-        return LibraryPublic.model_validate_json(self._send("POST", "/v1/libraries", json=body).content)
+        fields = {"id_column": id_col, "annotations": list(annotations)}
+        return self._post_table(LibraryPublic, "/v1/libraries", table, features, fields)
 
     def libraries(self) -> list[LibraryPublic]:
-        return LibraryList.model_validate_json(self._send("GET", "/v1/libraries").content).data
+        listing = self._parse(LibraryList, "GET", "/v1/libraries")
+        return listing.data
 
     def get_library(self, library_id: Any) -> LibraryPublic:
-        return LibraryPublic.model_validate_json(self._send("GET", f"/v1/libraries/{ref(library_id, 'library')}").content)
+        return self._parse(LibraryPublic, "GET", f"/v1/libraries/{ref(library_id, 'library')}")
 
     def delete_library(self, library_id: Any) -> None:
         self._send("DELETE", f"/v1/libraries/{ref(library_id, 'library')}")
@@ -260,19 +279,18 @@ class Client(BaseClient):
         top_k: int = 10,
         leave_one_out: bool = False,
         features: FeaturesInput = None,
-    ) -> Any:
+    ) -> pd.DataFrame:
         """Top-k cosine matches -> long table (query_id, rank, library_id, score, annotations...).
 
         ``queries``: a table (id, path, bytes, DataFrame; uploaded unless an id), a (Q, D) array or
-        ``{"features": (Q, D), "ids": (Q,)}`` in the library's feature order. Returns a DataFrame with
-        pandas, else a list of row dicts.
+        ``{"features": (Q, D), "ids": (Q,)}`` in the library's feature order.
         """
         profiles = inline_profiles(queries)
         table_id = None if profiles is not None else self._table_id(queries)
         body = match_body(table_id=table_id, profiles=profiles, id_col=id_col, top_k=top_k, leave_one_out=leave_one_out,
                           features=features)
-        response = self._send("POST", f"/v1/libraries/{ref(library_id, 'library')}/match", json=body)
-        return matches_table(MatchResult.model_validate_json(response.content))
+        path = f"/v1/libraries/{ref(library_id, 'library')}/match"
+        return matches_table(self._parse(MatchResult, "POST", path, json=body))
 
     def evaluate(
         self,
@@ -287,26 +305,37 @@ class Client(BaseClient):
         """Retrieval metrics (convention, mean_average_precision, ..._interpolated, folds_of_enrichment, n_queries, ...).
 
         ``convention``: "copairs" (default) or "paper" (the CNN-1 paper's published evaluation code).
+        Returns the fields of ``cpcnn.schemas.Evaluation`` as a dict.
         """
-        body = {"table_id": self._table_id(table), "id_column": id_col, "annotation": annotation, "separator": sep,
-                "convention": convention}
-        body = with_features(body, features)
-        return Evaluation.model_validate_json(self._send("POST", "/v1/evaluate", json=body).content).model_dump()
+        fields = {"id_column": id_col, "annotation": annotation, "separator": sep, "convention": convention}
+        evaluation = self._post_table(Evaluation, "/v1/evaluate", table, features, fields)
+        return evaluation.model_dump()
+
+    def _post_table(
+        self, schema: type[SchemaT], path: str, table: TableInput, features: FeaturesInput, fields: dict[str, Any]
+    ) -> SchemaT:
+        """POST ``fields`` about ``table`` (uploaded first unless it is a stored id) and its ``features``."""
+        body = with_features({"table_id": self._table_id(table), **fields}, features)
+        return self._parse(schema, "POST", path, json=body)
 
     def _table_id(self, table: TableInput) -> str:
         stored = stored_table_id(table)
-        return stored if stored is not None else self.upload_table(table).id
+        if stored is not None:
+            return stored
+        uploaded = self.upload_table(table)
+        return uploaded.id
 
     # -- models and health ----------------------------------------------------------------------
 
     def models(self) -> list[ModelPublic]:
-        return ModelList.model_validate_json(self._send("GET", "/v1/models").content).data
+        listing = self._parse(ModelList, "GET", "/v1/models")
+        return listing.data
 
     def model(self, name: str) -> ModelPublic:
-        return ModelPublic.model_validate_json(self._send("GET", f"/v1/models/{name}").content)
+        return self._parse(ModelPublic, "GET", f"/v1/models/{name}")
 
     def health(self) -> Health:
-        return Health.model_validate_json(self._send("GET", "/healthz").content)
+        return self._parse(Health, "GET", "/healthz")
 
     def ready(self) -> Readiness:
         """Readiness, without raising when the server is not ready (503 carries the reasons)."""
@@ -317,10 +346,22 @@ class Client(BaseClient):
 
     # -- transport ------------------------------------------------------------------------------
 
+    def _parse(
+        self, schema: type[SchemaT], method: str, path: str, *, upload: Upload | None = None, json: Any = None
+    ) -> SchemaT:
+        """Send, then validate the JSON answer as ``schema``."""
+        response = self._send(method, path, upload=upload, json=json)
+        return schema.model_validate_json(response.content)
+
     def _send(
         self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None, upload: Upload | None = None, json: Any = None,
+        wait: float | None = None,
     ) -> httpx.Response:
+        """One request with the retry policy; ``wait``: a long poll, given that much longer to answer."""
+        if wait is not None:
+            params = {**(params or {}), "wait": wait}
+        timeout = self.long_poll_timeout(wait or 0.0)
         attempt = 0
         while True:
             attempt += 1
@@ -328,7 +369,7 @@ class Client(BaseClient):
             error: httpx.TransportError | None = None
             try:
                 request = self._http.build_request(
-                    method, path, params=params, headers=headers,
+                    method, path, params=params, headers=headers, timeout=timeout,
                     files=upload.files if upload else None, data=upload.data if upload else None, json=json,
                 )
                 response = self._http.send(request)
@@ -341,4 +382,4 @@ class Client(BaseClient):
                 assert response is not None
                 self.raise_for_status(response)
                 return response
-            time.sleep(self.retry.delay(attempt, response.headers.get("Retry-After") if response else None))
+            sleep(self.retry.delay(attempt, response.headers.get("Retry-After") if response else None))

@@ -1,7 +1,7 @@
 """Profile tables in the SDK, without I/O: what to upload, what to send, answers -> tables.
 
-pandas and pyarrow are imported only when a DataFrame or Parquet body is actually handled, so the
-client still imports with httpx and numpy alone.
+pandas and pyarrow (base dependencies) are imported only when a DataFrame or Parquet body is actually
+handled, so ``import cpcnn.client`` still loads only httpx and numpy.
 """
 
 from __future__ import annotations
@@ -11,14 +11,17 @@ import re
 from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import numpy as np
 
-from cpcnn.client._base import Upload, _has_module
+from cpcnn.client._base import Upload
 from cpcnn.errors import InputError
 from cpcnn.schemas import MatchResult
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: A stored table's id (or anything with an ``id``, e.g. ``TablePublic``), a CSV/CSV.gz/Parquet path,
 #: the file's bytes, a pandas DataFrame or a mapping of column name -> 1-D array.
@@ -133,8 +136,10 @@ def match_body(
     return body
 
 
-def matches_table(result: MatchResult) -> Any:
-    """Matches -> the ``cpcnn match`` long table: a DataFrame with pandas, else a list of row dicts."""
+def matches_table(result: MatchResult) -> pd.DataFrame:
+    """Matches -> the ``cpcnn match`` long table (query_id, rank, library_id, score, annotations...)."""
+    import pandas as pd
+
     annotation_names = list(dict.fromkeys(k for m in result.matches for k in m.annotations))
     rows = [
         {
@@ -146,18 +151,5 @@ def matches_table(result: MatchResult) -> Any:
         }
         for m in result.matches
     ]
-    if not _has_module("pandas"):
-        return rows
-    import pandas as pd
-
     return pd.DataFrame(rows, columns=[*MATCH_COLUMNS, *annotation_names])
 
-
-def parquet_table(content: bytes) -> Any:
-    """Parquet bytes -> a DataFrame with pandas, else a dict of column arrays."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(io.BytesIO(content))
-    if _has_module("pandas"):
-        return table.to_pandas()
-    return {name: table.column(name).to_numpy() for name in table.column_names}

@@ -8,10 +8,10 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 
 import cpcnn.client as client_module
-import cpcnn.client._base as base
 from cpcnn import errors
 from cpcnn.client import (
     ApiError,
@@ -169,20 +169,18 @@ def test_wait_long_polls_until_finished() -> None:
     assert len(waits) == 3 and all(float(w) > 0 for w in waits)
 
 
-def test_result_formats_and_no_pandas(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_table_result_from_a_json_answer() -> None:
     payload = {"job_id": "a" * 32, "model": "cnn1", "feature_prefix": "efficientnet",
                "metadata": {"Metadata_Plate": "P", "Metadata_Well": "W", "Metadata_Site": "1"},
                "n_cells": 2, "feature_size": 3, "locations": [[1, 2], [3, 4]], "features": [[1, 2, 3], [4, 5, 6]]}
 
     def handler(request: httpx.Request) -> httpx.Response:
-        assert request.headers["accept"] == "application/json"
+        assert request.headers["accept"] == "application/vnd.apache.parquet"
         return httpx.Response(200, content=json.dumps(payload), headers={"content-type": "application/json"})
 
-    real = base._has_module
-    monkeypatch.setattr(base, "_has_module", lambda name: False if name in ("pandas", "pyarrow") else real(name))
     with _client(handler) as client:
         columns = client.result("a" * 32)
-    assert isinstance(columns, dict)
+    assert isinstance(columns, pd.DataFrame)
     assert list(columns)[:7] == ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_Model",
                                  "Metadata_ObjectNumber", "Metadata_Nuclei_Location_Center_X",
                                  "Metadata_Nuclei_Location_Center_Y"]

@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 from _profiles_data import LINCS, LINCS_CONTROLS, LINCS_ID, LINCS_MOA, synthetic_profiles
 
-import cpcnn.client._tables as tables_module
 from cpcnn import client as sdk
 from cpcnn.client import AsyncClient, Client, NotFoundError, RetryPolicy
 from cpcnn.errors import InputError
@@ -116,7 +115,7 @@ def test_fit_sphering_uploads_unless_given_an_id(tmp_path: Path) -> None:
     }
 
 
-def test_match_retries_then_returns_a_long_table(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_match_retries_then_returns_a_long_table() -> None:
     bodies: list[Any] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -134,7 +133,6 @@ def test_match_retries_then_returns_a_long_table(monkeypatch: pytest.MonkeyPatch
         assert list(frame.columns) == ["query_id", "rank", "library_id", "score", MOA]
         assert frame["library_id"].tolist() == ["x", 7] and frame[MOA].isna().tolist() == [False, True]
         client.match(LIBRARY_ID, np.zeros((2, 3)), top_k=1)
-        monkeypatch.setattr(tables_module, "_has_module", lambda name: False)
         rows = client.match(LIBRARY_ID, TABLE_ID, id_col="Metadata_x")
     assert len(bodies) == 4 and bodies[0] == bodies[1]
     assert bodies[1] == {
@@ -144,10 +142,10 @@ def test_match_retries_then_returns_a_long_table(monkeypatch: pytest.MonkeyPatch
     }
     assert bodies[2]["profiles"] == {"features": [[0.0] * 3, [0.0] * 3]}
     assert bodies[3] == {"top_k": 10, "leave_one_out": False, "table_id": TABLE_ID, "id_column": "Metadata_x"}
-    assert rows[0] == {"query_id": "q", "rank": 1, "library_id": "x", "score": 0.9, MOA: "m"}
+    assert rows.iloc[0].to_dict() == {"query_id": "q", "rank": 1, "library_id": "x", "score": 0.9, MOA: "m"}
 
 
-def test_typed_errors_and_local_validation(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_typed_errors_and_local_validation(tmp_path: Path) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path.startswith("/v1/libraries"):
             return httpx.Response(
@@ -185,10 +183,8 @@ def test_typed_errors_and_local_validation(monkeypatch: pytest.MonkeyPatch, tmp_
             client.upload_table(3.5)
         with pytest.raises(InputError, match="non-empty"):
             client.match(LIBRARY_ID, np.zeros(3))
-        assert client.download_table(TABLE_ID)["f0"].tolist() == [1.5]
-        monkeypatch.setattr(tables_module, "_has_module", lambda name: False)
         columns = client.download_table(TABLE_ID)
-    assert isinstance(columns, dict) and columns["f0"].dtype == np.float32
+    assert isinstance(columns, pd.DataFrame) and columns["f0"].tolist() == [1.5] and columns["f0"].dtype == np.float32
 
 
 def _check_flow(
