@@ -32,7 +32,8 @@ def crop_buffer(n_cells: int, crop_size: int, n_channels: int, *, at_least: int 
     rows when too small. What it holds stays valid until the same thread asks again."""
     buffer: F32Array | None = getattr(_buffers, "crops", None)
     if buffer is None or buffer.shape[0] < n_cells or buffer.shape[1:] != (crop_size, crop_size, n_channels):
-        buffer = _buffers.crops = np.empty((max(n_cells, at_least), crop_size, crop_size, n_channels), np.float32)
+        shape = (max(n_cells, at_least), crop_size, crop_size, n_channels)
+        buffer = _buffers.crops = np.empty(shape, np.float32)
     return buffer[:n_cells]
 
 
@@ -79,7 +80,7 @@ class SiteCrops:
         return [slice(start, min(start + size, len(self))) for start in range(0, len(self), size)]
 
     def crop(self, rows: slice) -> F32Array:
-        """Crops of ``rows`` -> (n, S, S, C) float32 in this thread's reused buffer (valid until its next crop)."""
+        """Crops of ``rows`` -> (n, S, S, C) float32 in this thread's reused buffer, valid until its next crop."""
         centers = self.centers[rows]
         out = crop_buffer(centers.shape[0], self.crop_size, self.image.shape[2])
         return crop_cells(
@@ -87,6 +88,6 @@ class SiteCrops:
         )
 
     def chunks(self, size: int = CROP_CHUNK) -> Iterator[tuple[slice, F32Array]]:
-        """(rows, crops) per chunk of at most ``size`` cells; each chunk's crops are overwritten by the next."""
+        """(rows, crops) per chunk of at most ``size`` cells; the next chunk overwrites the crops."""
         for rows in self.slices(size):
             yield rows, self.crop(rows)

@@ -299,7 +299,9 @@ def _score_block(
     pos = positives[rows][keep].reshape(len(rows), n - 1)
     if convention == "paper":
         similarities[np.arange(len(rows)), rows] = -1.0  # the query stays in its ranking as a non-match
-        ap, curves = paper.paper_average_precision(similarities, positives[rows], n_points=n, grid=RECALL_GRID)
+        ap, curves = paper.paper_average_precision(
+            similarities, positives[rows], n_points=n, grid=RECALL_GRID
+        )
         ap_interpolated = ap
     else:
         relevance = rank_relevance(scores, pos)
@@ -323,7 +325,7 @@ def _score_block(
 def _per_query_table(
     treatments: pd.DataFrame, queries: np.ndarray, scores: _QueryScores, *, id_col: str, annotation: str
 ) -> pd.DataFrame:
-    """(Q,) query rows of the (T rows) treatment table + their scores -> (Q rows) table: id, annotation, _PER_QUERY."""
+    """(Q,) query rows of the (T rows) treatment table + their scores -> (Q rows) id, annotation, _PER_QUERY."""
     per_query = treatments.loc[queries, [id_col, annotation]].reset_index(drop=True)
     per_query["n_positives"] = scores.n_positives.astype(np.int64)
     per_query["n_library"] = len(treatments) - 1

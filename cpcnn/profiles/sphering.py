@@ -335,7 +335,8 @@ class ControlSpectrum:
         if self.n_controls >= n_features and self.rank >= n_features:
             return None
         return (
-            f"{self.n_controls} controls for {n_features} features: covariance rank {self.rank} < {n_features}, "
+            f"{self.n_controls} controls for {n_features} features: "
+            f"covariance rank {self.rank} < {n_features}, "
             f"so lambda={lam:g} dominates the sphering of the remaining directions"
         )
 

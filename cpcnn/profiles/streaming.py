@@ -328,7 +328,9 @@ def _reduce_by_strategy(
         return "contiguous", _reduce(inputs, "contiguous", budget, workdir)
     except _NotContiguous:
         if strategy == "contiguous":
-            raise InputError("input rows are not grouped by the grouping columns; use strategy 'auto'") from None
+            raise InputError(
+                "input rows are not grouped by the grouping columns; use strategy 'auto'"
+            ) from None
         logger.info("input is not grouped by %s; restarting with on-disk partitions", ", ".join(inputs.by))
         return "partitioned", _reduce(inputs, "partitioned", budget, workdir)
 
