@@ -6,13 +6,13 @@ so no core idles while another crops, and there is no intra-op straggler when th
 thread (a 2-thread session with a separate crop thread reached ~75% of its model-only speed end to
 end; independent streams reach ~85%). On a GPU the session uses the device and two streams let one
 crop while the other runs. ONNX Runtime is imported lazily so that ``import cpcnn`` stays light.
+Cropping, chunking and the reused crop buffers are :mod:`cpcnn.batching`'s (re-exported here).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -23,9 +23,11 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from cpcnn._types import F32Array, F64Array, Normalization
-from cpcnn.crops import check_boxes_overlap, crop_cells
+from cpcnn.batching import CROP_CHUNK as CROP_CHUNK  # re-exported: the crop loop lives in cpcnn.batching
+from cpcnn.batching import SiteCrops as SiteCrops
+from cpcnn.batching import crop_buffer as crop_buffer
+from cpcnn.batching import release_crop_buffer as release_crop_buffer
 from cpcnn.errors import CpcnnError, InputError
-from cpcnn.locations import validate_centers
 from cpcnn.manifest import ModelManifest
 from cpcnn.model_store import StoredModel
 from cpcnn.onnx_graph import GRAPH_REVISION, graph_revision, upgraded_model
@@ -112,7 +114,6 @@ class Embedder:
         self._input = self._session.get_inputs()[0].name
         streams = threads or (2 if on_gpu else physical_cores())
         self._pool = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="cpcnn-embed")
-        self._buffers = threading.local()
         default = DEFAULT_GPU_BATCH if on_gpu else DEFAULT_CPU_BATCH
         self.info = RuntimeInfo(
             provider=active,
@@ -169,23 +170,17 @@ class Embedder:
             out[index * step : index * step + len(features)] = features
         return out
 
-    def crop(
-        self,
-        image: F32Array,
-        centers: F64Array,
-        *,
-        normalization: Normalization | None = None,
-        out: F32Array | None = None,
-    ) -> F32Array:
-        """(H, W, C) image + (N, 2) centres -> normalized crops as this model expects them
-        (into ``out`` when given: see :func:`cpcnn.crops.crop_cells`, which also checks the boxes)."""
+    def site_crops(
+        self, image: F32Array, centers: F64Array, *, normalization: Normalization | None = None
+    ) -> SiteCrops:
+        """(H, W, C) image + (N, 2) centres, checked as a whole for this model -> crops made chunk by
+        chunk, normalized as this model expects them (see :class:`cpcnn.batching.SiteCrops`)."""
         self._check_channels(image)
-        return crop_cells(
+        return SiteCrops.check(
             image,
             centers,
             crop_size=self.manifest.crop_size,
             normalization=normalization or self.manifest.normalization,
-            out=out,
         )
 
     def embed_site(
@@ -223,35 +218,18 @@ class Embedder:
                         batch.cancel()
 
     def _plan(self, loader: SiteLoader, method: Normalization) -> list[Future[F32Array]]:
-        """Load and validate one site, then queue one crop-and-embed task per inference batch."""
+        """Load and check one site, then queue one crop-and-embed task per inference batch."""
         image, centers = loader()
-        centers = validate_centers(centers)
-        self._check_channels(image)
-        # Checked here for the whole site so errors name the site's own rows, not a batch's.
-        check_boxes_overlap(centers, image.shape[0], image.shape[1], crop_size=self.manifest.crop_size)
-        step = self._step(len(centers))
-        return [
-            self._pool.submit(self._embed_batch, image, centers[start : start + step], method)
-            for start in range(0, len(centers), step)
-        ]
+        site = self.site_crops(image, centers, normalization=method)
+        return [self._pool.submit(self._embed_batch, site, rows) for rows in site.slices(self._step(len(site)))]
 
     def _collect(self, key: Key, planned: Future[list[Future[F32Array]]]) -> tuple[Key, F32Array]:
         batches = [batch.result() for batch in planned.result()]
         return key, np.concatenate(batches) if batches else np.zeros((0, self.feature_size), np.float32)
 
-    def _embed_batch(self, image: F32Array, centers: F64Array, method: Normalization) -> F32Array:
-        """Crop ``centers`` into this stream's reused buffer (no page faults), then run the model."""
-        buffer = getattr(self._buffers, "crops", None)
-        if buffer is None or len(buffer) < len(centers):
-            buffer = self._buffers.crops = self._zeros(max(self.info.batch_size, len(centers)))
-        crops = crop_cells(
-            image,
-            centers,
-            crop_size=self.manifest.crop_size,
-            normalization=method,
-            out=buffer[: len(centers)],
-        )
-        return self._run(crops)
+    def _embed_batch(self, site: SiteCrops, rows: slice) -> F32Array:
+        """Crop ``rows`` into this stream's reused buffer (no page faults), then run the model."""
+        return self._run(site.crop(rows))
 
     def _step(self, n_cells: int) -> int:
         """Batch size for ``n_cells``: at most batch_size, with a batch count that is a multiple of the

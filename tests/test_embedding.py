@@ -44,6 +44,14 @@ def test_embed_sites_reports_a_bad_site(embedder: Embedder) -> None:
         list(embedder.embed_sites(loaders))
 
 
+def test_a_bad_cell_past_the_first_batch_is_named_by_its_site_row(embedder: Embedder) -> None:
+    channels, centers = synthetic_site(n_cells=11)
+    centers = np.array(centers, dtype=np.float64)
+    centers[9] = (5000.0, 5000.0)  # batch size 4: row 1 of the third batch
+    with pytest.raises(InputError, match=r"row 9 \(x=5000, y=5000\)"):
+        embedder.embed_site(read_site(channels), centers)
+
+
 def test_wrong_channel_count(embedder: Embedder) -> None:
     with pytest.raises(InputError, match="expects 5 channels"):
         embedder.embed_site(np.zeros((200, 200, 3), np.float32), np.array([[100.0, 100.0]]))

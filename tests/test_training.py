@@ -367,3 +367,16 @@ def test_device_choice() -> None:
         assert pick_device("auto").type == "cpu"
         with pytest.raises(InputError, match="no CUDA device"):
             pick_device("cuda")
+
+
+def test_bad_cell_beyond_a_chunk_is_reported_by_its_row_in_the_site(tmp_path: Path) -> None:
+    index = write_index(tmp_path, plates=("P1",))
+    sites = read_index(index, label="Metadata_Treatment", channels=CHANNELS)
+    centers = np.full((300, 2), 100.0)
+    centers[299] = (5000.0, 5000.0)
+    with sites[1].locations.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["Nuclei_Location_Center_X", "Nuclei_Location_Center_Y"])
+        writer.writerows(centers.tolist())
+    with pytest.raises(InputError, match=r"plate P1 well A02 site 1: .* row 299 \(x=5000, y=5000\)"):
+        load_or_build_cache(sites, tmp_path / "cache", channels=CHANNELS)

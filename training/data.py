@@ -1,6 +1,6 @@
 """Training index -> single-cell crops cached on disk, train/validation splits and balanced epochs.
 
-Crops come from :func:`cpcnn.crops.crop_cells`, the very sampling and normalization inference uses, so
+Crops come from :class:`cpcnn.embedding.SiteCrops`, the very checks, chunks, sampling and normalization inference uses, so
 the network never sees a crop made differently from the ones it will embed. Decoding and resampling a
 field of view costs far more than a training step, so every crop is made once and stored in a
 memory-mapped ``.npy`` (uint8 = round(255 x normalized value), or float16); epochs only read it.
@@ -30,7 +30,7 @@ import torch
 from cpcnn.training.config import CacheDtype, TrainConfig
 
 from cpcnn._types import CROP_SIZE, I64Array, Normalization
-from cpcnn.crops import crop_cells
+from cpcnn.batching import SiteCrops, release_crop_buffer
 from cpcnn.errors import InputError
 from cpcnn.io.images import read_site
 from cpcnn.locations import read_locations
@@ -41,8 +41,6 @@ KEY_COLUMNS: tuple[str, ...] = ("Metadata_Plate", "Metadata_Well", "Metadata_Sit
 LOCATIONS_COLUMN = "locations"
 #: Bump when the cache files change meaning; a different value rebuilds the cache.
 CACHE_FORMAT = "cpcnn-crop-cache/1"
-#: Cells cropped per call: bounds the float32 working set (256 crops = 84 MB with 5 channels).
-CROP_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -237,11 +235,11 @@ def _build_cache(
         if where.shape[0]:
             try:
                 image = read_site({c: s.images[c] for c in channels}, channel_order=channels)
-                for start in range(0, where.shape[0], CROP_CHUNK):
-                    chunk = crop_cells(image, where[start : start + CROP_CHUNK], normalization=normalization)
-                    crops[offset + start : offset + start + chunk.shape[0]] = _quantize(chunk, dtype)
+                site = SiteCrops.check(image, where, normalization=normalization)
             except InputError as exc:
                 raise InputError(f"{s.describe()}: {exc}") from exc
+            for rows, chunk in site.chunks():
+                crops[offset + rows.start : offset + rows.stop] = _quantize(chunk, dtype)
             offset += where.shape[0]
         if number % 100 == 0 or number == len(sites):
             elapsed = time.perf_counter() - started
@@ -252,6 +250,7 @@ def _build_cache(
                 offset,
                 offset / max(elapsed, 1e-9),
             )
+    release_crop_buffer()
     crops.flush()
     del crops
     partial.replace(folder / "crops.npy")

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -246,6 +246,100 @@ def _settings(
     }
 
 
+@dataclass(frozen=True)
+class _QueryScores:
+    """Per-query arrays for Q queries: float64 (Q,) unless noted."""
+
+    ap: F64Array
+    ap_interpolated: F64Array
+    curves: F64Array  # (Q, R) interpolated precision at RECALL_GRID
+    threshold: F64Array
+    tables: np.ndarray  # (Q, 4) int64 FoE contingency tables: a, b, c, d
+    odds_ratio: F64Array
+    corrected: np.ndarray  # (Q,) bool: an infinite odds ratio was corrected
+    p_value: F64Array
+    n_positives: np.ndarray  # (Q,) int
+
+    @classmethod
+    def concatenate(cls, blocks: Sequence[_QueryScores]) -> _QueryScores:
+        """Blocks of queries, in order -> one set of per-query arrays."""
+        return cls(**{f.name: np.concatenate([getattr(b, f.name) for b in blocks]) for f in fields(cls)})
+
+
+def _annotated_treatments(
+    table: pd.DataFrame, *, id_col: str, annotation: str, sep: str | None, names: Sequence[str]
+) -> tuple[pd.DataFrame, list[frozenset[str]], int]:
+    """(N rows) profile table -> (T rows) mean treatment profiles with an annotation, their (T,) label sets,
+    and the number of treatments left out for having none."""
+    treatments = collapse_by_id(table, id_col=id_col, features=names, annotations=[annotation])
+    labels = label_sets(treatments[annotation], sep=sep)
+    annotated = np.array([len(x) > 0 for x in labels], dtype=bool)
+    return treatments.loc[annotated].reset_index(drop=True), [x for x in labels if x], int((~annotated).sum())
+
+
+def _treatment_matrix(treatments: pd.DataFrame, names: Sequence[str], id_col: str) -> np.ndarray:
+    """(T rows) treatment table -> (T, D) feature matrix; InputError naming treatments with NaN features."""
+    values = feature_matrix(treatments, names)
+    if np.isnan(values).any():
+        bad = treatments.loc[np.isnan(values).any(axis=1), id_col].astype(str).head(3).tolist()
+        raise InputError(f"treatment profiles with NaN features (e.g. {', '.join(bad)}); drop NaN rows first")
+    return values
+
+
+def _score_block(
+    unit: np.ndarray, positives: np.ndarray, rows: np.ndarray, *, percentile: float, convention: Convention
+) -> _QueryScores:
+    """(T, D) unit-norm profiles, (T, T) bool positives, (Q,) query rows -> their scores against the
+    leave-one-out library of T - 1 treatments; memory O(Q x T)."""
+    n = len(unit)
+    keep = np.ones((len(rows), n), dtype=bool)
+    keep[np.arange(len(rows)), rows] = False
+    similarities = unit[rows] @ unit.T
+    scores = similarities[keep].reshape(len(rows), n - 1)
+    pos = positives[rows][keep].reshape(len(rows), n - 1)
+    if convention == "paper":
+        similarities[np.arange(len(rows)), rows] = -1.0  # the query stays in its ranking as a non-match
+        ap, curves = paper.paper_average_precision(
+            similarities, positives[rows], n_points=n, grid=RECALL_GRID
+        )
+        ap_interpolated = ap
+    else:
+        relevance = rank_relevance(scores, pos)
+        ap = average_precision(relevance)
+        ap_interpolated = interpolated_average_precision(relevance)
+        curves = precision_recall_curves(relevance)
+    foe = folds_of_enrichment(scores, pos, percentile=percentile, convention=convention)
+    return _QueryScores(
+        ap=ap,
+        ap_interpolated=ap_interpolated,
+        curves=curves,
+        threshold=foe.threshold,
+        tables=foe.tables,
+        odds_ratio=foe.odds_ratio,
+        corrected=foe.corrected,
+        p_value=foe.p_value,
+        n_positives=pos.sum(axis=1),
+    )
+
+
+def _per_query_table(
+    treatments: pd.DataFrame, queries: np.ndarray, scores: _QueryScores, *, id_col: str, annotation: str
+) -> pd.DataFrame:
+    """(Q,) query rows of the (T rows) treatment table + their scores -> (Q rows) id, annotation, _PER_QUERY."""
+    per_query = treatments.loc[queries, [id_col, annotation]].reset_index(drop=True)
+    per_query["n_positives"] = scores.n_positives.astype(np.int64)
+    per_query["n_library"] = len(treatments) - 1
+    per_query["average_precision"] = scores.ap
+    per_query["average_precision_interpolated"] = scores.ap_interpolated
+    per_query["foe_threshold"] = scores.threshold
+    per_query["foe_n_above"] = scores.tables[:, 0] + scores.tables[:, 1]
+    per_query["foe_n_positives_above"] = scores.tables[:, 0]
+    per_query["foe_odds_ratio"] = scores.odds_ratio
+    per_query["foe_corrected"] = scores.corrected
+    per_query["foe_p_value"] = scores.p_value
+    return per_query
+
+
 def evaluate_retrieval(
     table: pd.DataFrame,
     *,
@@ -267,89 +361,28 @@ def evaluate_retrieval(
         raise InputError(f"unknown convention {convention!r}; expected one of {', '.join(CONVENTIONS)}")
     names = feature_columns(table, features)
     settings = _settings(convention, id_col, annotation, sep, percentile)
-    treatments = collapse_by_id(table, id_col=id_col, features=names, annotations=[annotation])
-    labels = label_sets(treatments[annotation], sep=sep)
-    annotated = np.array([len(x) > 0 for x in labels], dtype=bool)
-    n_unannot = int((~annotated).sum())
-    treatments = treatments.loc[annotated].reset_index(drop=True)
-    labels = [x for x in labels if x]
+    treatments, labels, n_unannot = _annotated_treatments(
+        table, id_col=id_col, annotation=annotation, sep=sep, names=names
+    )
     n = len(treatments)
     if n < 2:
-        return _empty(
-            id_col,
-            annotation,
-            n,
-            n_unannot,
-            settings,
-            f"{n} annotated treatment(s): nothing to retrieve",
-            convention,
-        )
-    values = feature_matrix(treatments, names)
-    if np.isnan(values).any():
-        bad = treatments.loc[np.isnan(values).any(axis=1), id_col].astype(str).head(3).tolist()
-        raise InputError(f"treatment profiles with NaN features (e.g. {', '.join(bad)}); drop NaN rows first")
+        message = f"{n} annotated treatment(s): nothing to retrieve"
+        return _empty(id_col, annotation, n, n_unannot, settings, message, convention)
+    values = _treatment_matrix(treatments, names, id_col)
     positives = positive_matrix(labels)
     queries = np.flatnonzero(positives.any(axis=1))
     if len(queries) == 0:
-        return _empty(
-            id_col,
-            annotation,
-            n,
-            n_unannot,
-            settings,
-            f"no two of the {n} treatments share a {annotation} value",
-            convention,
-        )
+        message = f"no two of the {n} treatments share a {annotation} value"
+        return _empty(id_col, annotation, n, n_unannot, settings, message, convention)
     unit = normalize_rows(values, dtype=np.float64 if convention == "paper" else np.float32)
-    parts: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("ap", "api", "pr", "thr", "tab", "odds", "corr", "p", "npos")
-    }
-    for start in range(0, len(queries), block_rows):
-        rows = queries[start : start + block_rows]
-        keep = np.ones((len(rows), n), dtype=bool)
-        keep[np.arange(len(rows)), rows] = False
-        similarities = unit[rows] @ unit.T
-        scores = similarities[keep].reshape(len(rows), n - 1)
-        pos = positives[rows][keep].reshape(len(rows), n - 1)
-        if convention == "paper":
-            similarities[np.arange(len(rows)), rows] = -1.0  # the query stays in its ranking as a non-match
-            ap, curves = paper.paper_average_precision(
-                similarities, positives[rows], n_points=n, grid=RECALL_GRID
-            )
-            ap_interpolated = ap
-        else:
-            relevance = rank_relevance(scores, pos)
-            ap = average_precision(relevance)
-            ap_interpolated = interpolated_average_precision(relevance)
-            curves = precision_recall_curves(relevance)
-        foe = folds_of_enrichment(scores, pos, percentile=percentile, convention=convention)
-        for key, value in (
-            ("ap", ap),
-            ("api", ap_interpolated),
-            ("pr", curves),
-            ("thr", foe.threshold),
-            ("tab", foe.tables),
-            ("odds", foe.odds_ratio),
-            ("corr", foe.corrected),
-            ("p", foe.p_value),
-            ("npos", pos.sum(axis=1)),
-        ):
-            parts[key].append(value)
-    cat = {k: np.concatenate(v) for k, v in parts.items()}
-    tables = cat["tab"]
-    per_query = treatments.loc[queries, [id_col, annotation]].reset_index(drop=True)
-    per_query["n_positives"] = cat["npos"].astype(np.int64)
-    per_query["n_library"] = n - 1
-    per_query["average_precision"] = cat["ap"]
-    per_query["average_precision_interpolated"] = cat["api"]
-    per_query["foe_threshold"] = cat["thr"]
-    per_query["foe_n_above"] = tables[:, 0] + tables[:, 1]
-    per_query["foe_n_positives_above"] = tables[:, 0]
-    per_query["foe_odds_ratio"] = cat["odds"]
-    per_query["foe_corrected"] = cat["corr"]
-    per_query["foe_p_value"] = cat["p"]
-    odds = cat["odds"]
-    has_ap = np.isfinite(cat["ap"])
+    blocks = [queries[start : start + block_rows] for start in range(0, len(queries), block_rows)]
+    scores = _QueryScores.concatenate(
+        [_score_block(unit, positives, rows, percentile=percentile, convention=convention) for rows in blocks]
+    )
+    odds = scores.odds_ratio
+    has_ap = np.isfinite(scores.ap)
+    mean_ap = float(np.mean(scores.ap[has_ap])) if has_ap.any() else math.nan
+    mean_ap_interpolated = float(np.mean(scores.ap_interpolated[has_ap])) if has_ap.any() else math.nan
     message = ""
     if not has_ap.any():
         message = (
@@ -358,20 +391,20 @@ def evaluate_retrieval(
         )
         logger.warning("retrieval evaluation: %s", message)
     return RetrievalResult(
-        per_query=per_query,
-        mean_average_precision=float(np.mean(cat["ap"][has_ap])) if has_ap.any() else math.nan,
-        mean_average_precision_interpolated=float(np.mean(cat["api"][has_ap])) if has_ap.any() else math.nan,
+        per_query=_per_query_table(treatments, queries, scores, id_col=id_col, annotation=annotation),
+        mean_average_precision=mean_ap,
+        mean_average_precision_interpolated=mean_ap_interpolated,
         folds_of_enrichment=float(np.nanmean(odds)) if np.isfinite(odds).any() else math.nan,
         n_queries=len(queries),
         n_queries_average_precision=int(has_ap.sum()),
         n_treatments=n,
         n_excluded_unannotated=n_unannot,
-        n_odds_ratio_infinite=int(cat["corr"].sum()),
+        n_odds_ratio_infinite=int(scores.corrected.sum()),
         n_odds_ratio_undefined=int(np.isnan(odds).sum()),
         precision_at_recall=(
-            cat["pr"][has_ap].mean(axis=0) if has_ap.any() else np.full(len(RECALL_GRID), np.nan)
+            scores.curves[has_ap].mean(axis=0) if has_ap.any() else np.full(len(RECALL_GRID), np.nan)
         ),
-        curves=cat["pr"],
+        curves=scores.curves,
         settings=settings,
         message=message,
         convention=convention,

@@ -10,6 +10,7 @@ from cpcnn.profiles.matching import Library
 from cpcnn.profiles.similarity import cosine_similarity, normalize_rows, top_k_cosine
 from cpcnn.profiles.sphering import (
     ControlSelector,
+    ControlSpectrum,
     Sphering,
     fit_sphering,
     fit_sphering_path,
@@ -32,6 +33,7 @@ __all__ = [
     "COUNT_ROWS",
     "AggregateResult",
     "ControlSelector",
+    "ControlSpectrum",
     "Library",
     "Sphering",
     "aggregate",

@@ -286,6 +286,95 @@ def control_matrix(
     return values, names, selector
 
 
+@dataclass(frozen=True, eq=False, kw_only=True)
+class ControlSpectrum:
+    """The eigendecomposition of one set of control rows, made once and turned into a ``Sphering`` per
+    lambda (a lambda sweep decomposes the controls once, not once per lambda)."""
+
+    method: str
+    features: tuple[str, ...]
+    selector: ControlSelector
+    n_controls: int
+    mean: F64Array  # (D,)
+    std: F64Array | None  # (D,), zca-cor only
+    eigvals: F64Array  # (D,) >= 0
+    eigvecs: F64Array  # (D, D)
+    rank: int  # eigenvalues above round-off
+    source: str = ""
+
+    @classmethod
+    def fit(
+        cls,
+        table: pd.DataFrame,
+        *,
+        controls: str | ControlSelector,
+        method: Method = "zca",
+        features: Sequence[str] | None = None,
+        source: str = "",
+    ) -> ControlSpectrum:
+        """Control rows of a (N, D) profile table -> their mean, std and covariance spectrum (float64)."""
+        values, names, selector = control_matrix(table, controls, features)
+        mean, std, eigvals, eigvecs = control_spectrum(values, method=method)
+        tol = eigvals.max(initial=0.0) * len(names) * np.finfo(np.float64).eps
+        return cls(
+            method=method,
+            features=tuple(names),
+            selector=selector,
+            n_controls=len(values),
+            mean=mean,
+            std=std,
+            eigvals=eigvals,
+            eigvecs=eigvecs,
+            rank=int(np.sum(eigvals > tol)),
+            source=source,
+        )
+
+    def rank_note(self, lam: float) -> str | None:
+        """Why lambda dominates some directions, when the controls cannot span every feature; else None."""
+        n_features = len(self.features)
+        if self.n_controls >= n_features and self.rank >= n_features:
+            return None
+        return (
+            f"{self.n_controls} controls for {n_features} features: "
+            f"covariance rank {self.rank} < {n_features}, "
+            f"so lambda={lam:g} dominates the sphering of the remaining directions"
+        )
+
+    def sphering(
+        self, lam: float, *, dtype: type[np.floating[Any]] = np.float64, log: bool = True
+    ) -> Sphering:
+        """The transform for ``lam`` (W stored as ``dtype``); a rank note is logged when ``log``.
+
+        Raises InputError when W is not finite in ``dtype`` (lambda far too small).
+        """
+        note = self.rank_note(lam)
+        if note is not None and log:
+            logger.warning("%s", note)
+        with np.errstate(over="ignore"):
+            matrix = whitening_matrix(self.eigvals, self.eigvecs, lam=lam).astype(dtype)
+        if not np.isfinite(matrix).all():
+            raise InputError(
+                f"lambda={lam:g} gives a whitening matrix that is not finite in {np.dtype(dtype).name}; "
+                "fit with a larger lambda"
+            )
+        return Sphering(
+            method=self.method,
+            mean=self.mean,
+            std=self.std,
+            matrix=matrix,
+            lam=float(lam),
+            features=self.features,
+            n_controls=self.n_controls,
+            rank=self.rank,
+            provenance={
+                "source": self.source,
+                "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "controls": str(self.selector),
+            },
+            warnings=() if note is None else (note,),
+        )
+
+
 def fit_sphering(
     table: pd.DataFrame,
     *,
@@ -301,60 +390,8 @@ def fit_sphering(
     Raises InputError for lambda <= 0, no matching controls, unknown method or all-NaN feature columns.
     """
     check_lambda(lam)
-    values, names, selector = control_matrix(table, controls, features)
-    mean, std, eigvals, eigvecs = control_spectrum(values, method=method)
-    return _build(values, names, selector, method, mean, std, eigvals, eigvecs, lam, dtype, source)
-
-
-def _build(
-    values: F64Array,
-    names: list[str],
-    selector: ControlSelector,
-    method: str,
-    mean: F64Array,
-    std: F64Array | None,
-    eigvals: F64Array,
-    eigvecs: F64Array,
-    lam: float,
-    dtype: type[np.floating[Any]],
-    source: str,
-    log: bool = True,
-) -> Sphering:
-    """Assemble a Sphering from a precomputed spectrum (shared by ``fit_sphering`` and lambda sweeps)."""
-    tol = eigvals.max(initial=0.0) * len(names) * np.finfo(np.float64).eps
-    rank = int(np.sum(eigvals > tol))
-    notes: list[str] = []
-    if len(values) < len(names) or rank < len(names):
-        notes.append(
-            f"{len(values)} controls for {len(names)} features: covariance rank {rank} < {len(names)}, "
-            f"so lambda={lam:g} dominates the sphering of the remaining directions"
-        )
-        if log:
-            logger.warning("%s", notes[-1])
-    provenance = {
-        "source": source,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "controls": str(selector),
-    }
-    with np.errstate(over="ignore"):
-        matrix = whitening_matrix(eigvals, eigvecs, lam=lam).astype(dtype)
-    if not np.isfinite(matrix).all():
-        raise InputError(
-            f"lambda={lam:g} gives a whitening matrix that is not finite in {np.dtype(dtype).name}; "
-            "fit with a larger lambda"
-        )
-    return Sphering(
-        method=method,
-        mean=mean,
-        std=std,
-        matrix=matrix,
-        lam=float(lam),
-        features=tuple(names),
-        n_controls=len(values),
-        rank=rank,
-        provenance=provenance,
-        warnings=tuple(notes),
-    )
+    spectrum = ControlSpectrum.fit(table, controls=controls, method=method, features=features, source=source)
+    return spectrum.sphering(lam, dtype=dtype)
 
 
 def fit_sphering_path(
@@ -369,11 +406,5 @@ def fit_sphering_path(
     """One ``Sphering`` per lambda from a single eigendecomposition of the controls (for sweeps)."""
     for lam in lambdas:
         check_lambda(lam)
-    values, names, selector = control_matrix(table, controls, features)
-    mean, std, eigvals, eigvecs = control_spectrum(values, method=method)
-    return [
-        _build(
-            values, names, selector, method, mean, std, eigvals, eigvecs, lam, np.float64, source, log=i == 0
-        )
-        for i, lam in enumerate(lambdas)
-    ]
+    spectrum = ControlSpectrum.fit(table, controls=controls, method=method, features=features, source=source)
+    return [spectrum.sphering(lam, log=i == 0) for i, lam in enumerate(lambdas)]

@@ -21,6 +21,7 @@ import logging
 import tempfile
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -248,6 +249,92 @@ def _median_partitioned(
         return out
 
 
+Reducer = Literal["mean", "contiguous", "partitioned"]
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """Checked inputs of one aggregation: the files read as one table, grouping and feature columns."""
+
+    files: tuple[Path, ...]
+    by: tuple[str, ...]
+    names: list[str]
+    has_counts: bool  # every file carries Metadata_Count_Cells (not a grouping column)
+    batch_rows: int
+
+
+@dataclass(frozen=True)
+class _Reduced:
+    """One pass over the inputs: (G, D) float32 values, the G groups, row counts and key dtypes."""
+
+    values: F32Array
+    groups: _Groups
+    stats: dict[str, int]  # rows read, rows dropped for NaN features
+    dtypes: pd.Series  # dtype of each grouping column, as first read
+
+
+def _input_files(paths: PathLike | Sequence[PathLike]) -> tuple[Path, ...]:
+    """A path or paths -> existing paths, in order; InputError when none is given or one is missing."""
+    items = [paths] if isinstance(paths, str | Path) else list(paths)
+    if not items:
+        raise InputError("no input tables given")
+    files = tuple(Path(p) for p in items)
+    for path in files:
+        if not path.exists():
+            raise InputError(f"{path}: no such file or folder")
+    return files
+
+
+def _with_key_dtypes(
+    batches: Iterator[tuple[pd.DataFrame, F32Array, np.ndarray]], by: Sequence[str], dtypes: dict[str, Any]
+) -> Generator[tuple[pd.DataFrame, F32Array, np.ndarray], None, None]:
+    """(keys, (B, D) float32, (B,) cells) batches, passed through; records each grouping column's dtype
+    into ``dtypes`` the first time it is seen."""
+    for keys, values, cells in batches:
+        dtypes.update({c: keys[c].dtype for c in by if c not in dtypes})
+        yield keys, values, cells
+
+
+def _reduce(inputs: _Inputs, reducer: Reducer, budget: int, workdir: Path | None) -> _Reduced:
+    """Read every input once (prefetched) -> (G, D) float32 per-group values by ``reducer``."""
+    stats = {"rows": 0, "dropped": 0}
+    groups = _Groups(inputs.by)
+    dtypes: dict[str, Any] = {}
+    read = _batches(inputs.files, inputs.by, inputs.names, inputs.has_counts, inputs.batch_rows, stats)
+    batches = _with_key_dtypes(prefetched(read), inputs.by, dtypes)
+    width = len(inputs.names)
+    try:
+        if reducer == "mean":
+            values = _mean(batches, groups, width)
+        elif reducer == "contiguous":
+            values = _median_contiguous(batches, groups, width)
+        else:
+            values = _median_partitioned(batches, groups, width, budget, workdir)
+    finally:
+        batches.close()  # stops the reader thread now, not when the generator is collected
+    return _Reduced(values, groups, stats, pd.Series(dtypes, dtype=object))
+
+
+def _reduce_by_strategy(
+    inputs: _Inputs, op: Op, strategy: Strategy, budget: int, workdir: Path | None
+) -> tuple[str, _Reduced]:
+    """The reduction ``op`` and ``strategy`` call for -> (its name, result); ``auto`` restarts partitioned
+    when the input turns out not to be grouped."""
+    if op == "mean":
+        return "running-sums", _reduce(inputs, "mean", budget, workdir)
+    if strategy == "partitioned":
+        return "partitioned", _reduce(inputs, "partitioned", budget, workdir)
+    try:
+        return "contiguous", _reduce(inputs, "contiguous", budget, workdir)
+    except _NotContiguous:
+        if strategy == "contiguous":
+            raise InputError(
+                "input rows are not grouped by the grouping columns; use strategy 'auto'"
+            ) from None
+        logger.info("input is not grouped by %s; restarting with on-disk partitions", ", ".join(inputs.by))
+        return "partitioned", _reduce(inputs, "partitioned", budget, workdir)
+
+
 def aggregate_files(
     paths: PathLike | Sequence[PathLike],
     *,
@@ -269,65 +356,22 @@ def aggregate_files(
         raise InputError(f"unknown strategy {strategy!r}: use auto, contiguous or partitioned")
     if batch_rows < 1:
         raise InputError(f"batch_rows must be >= 1, got {batch_rows}")
-    items = [paths] if isinstance(paths, str | Path) else list(paths)
-    if not items:
-        raise InputError("no input tables given")
-    files = [Path(p) for p in items]
-    for path in files:
-        if not path.exists():
-            raise InputError(f"{path}: no such file or folder")
+    files = _input_files(paths)
     names, has_counts = _plan(files, by, features)
-    by = tuple(by)
-
-    def run(kind: str) -> tuple[F32Array, _Groups, dict[str, int], pd.Series]:
-        stats = {"rows": 0, "dropped": 0}
-        groups = _Groups(by)
-        dtypes: dict[str, Any] = {}
-
-        def tracked() -> Generator[Any, None, None]:
-            for keys, values, cells in prefetched(_batches(files, by, names, has_counts, batch_rows, stats)):
-                dtypes.update({c: keys[c].dtype for c in by if c not in dtypes})
-                yield keys, values, cells
-
-        batches = tracked()
-        try:
-            if kind == "mean":
-                values = _mean(batches, groups, len(names))
-            elif kind == "contiguous":
-                values = _median_contiguous(batches, groups, len(names))
-            else:
-                wd = Path(workdir) if workdir is not None else None
-                values = _median_partitioned(batches, groups, len(names), memory_budget_bytes, wd)
-        finally:
-            batches.close()  # stops the reader thread now, not when the generator is collected
-        return values, groups, stats, pd.Series(dtypes, dtype=object)
-
-    if op == "mean":
-        kind = "running-sums"
-        values, groups, stats, dtypes = run("mean")
-    elif strategy == "partitioned":
-        kind = "partitioned"
-        values, groups, stats, dtypes = run(kind)
-    else:
-        try:
-            kind = "contiguous"
-            values, groups, stats, dtypes = run(kind)
-        except _NotContiguous:
-            if strategy == "contiguous":
-                raise InputError(
-                    "input rows are not grouped by the grouping columns; use strategy 'auto'"
-                ) from None
-            logger.info("input is not grouped by %s; restarting with on-disk partitions", ", ".join(by))
-            kind = "partitioned"
-            values, groups, stats, dtypes = run(kind)
+    inputs = _Inputs(files, tuple(by), names, has_counts, batch_rows)
+    work = Path(workdir) if workdir is not None else None
+    kind, reduced = _reduce_by_strategy(inputs, op, strategy, memory_budget_bytes, work)
+    stats, groups = reduced.stats, reduced.groups
     if stats["dropped"]:
         logger.warning("dropped %d of %d rows with NaN features", stats["dropped"], stats["rows"])
     n_cells = np.rint(np.asarray(groups.n_cells, np.float64)).astype(np.int64)
-    profiles = assemble(groups.keys(dtypes), n_cells, np.asarray(groups.n_rows, np.int64), values, names)
+    profiles = assemble(
+        groups.keys(reduced.dtypes), n_cells, np.asarray(groups.n_rows, np.int64), reduced.values, names
+    )
     return AggregateResult(
         profiles=profiles,
         op=op,
-        by=by,
+        by=inputs.by,
         n_rows=stats["rows"],
         n_rows_dropped_nan=stats["dropped"],
         n_groups=len(groups.ids),

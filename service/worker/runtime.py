@@ -22,7 +22,7 @@ from cpcnn.service.config import WorkerTuning
 from cpcnn.service.prometheus import WorkerStats
 
 from cpcnn._types import F32Array
-from cpcnn.embedding import Embedder
+from cpcnn.embedding import Embedder, crop_buffer
 from cpcnn.errors import CpcnnError
 from cpcnn.model_store import ModelStore
 
@@ -45,7 +45,6 @@ class Batcher:
         self._stats = stats
         self._requests: queue.Queue[_Request | None] = queue.Queue()
         self._preparing = 0
-        self._merged: F32Array | None = None
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"cpcnn-batcher-{embedder.manifest.name}", daemon=True)
         self._thread.start()
@@ -102,11 +101,10 @@ class Batcher:
             self._run_batch(batch)
 
     def _merge(self, parts: list[F32Array]) -> F32Array:
-        """Concatenate jobs' crops into one reused buffer (fresh arrays cost page faults)."""
+        """Concatenate jobs' crops into the batcher thread's reused crop buffer (fresh arrays cost page faults)."""
         n_cells = sum(part.shape[0] for part in parts)
-        if self._merged is None or self._merged.shape[0] < n_cells:
-            self._merged = np.empty((max(n_cells, self.max_batch), *parts[0].shape[1:]), np.float32)
-        merged = self._merged[:n_cells]
+        _, side, _, n_channels = parts[0].shape
+        merged = crop_buffer(n_cells, side, n_channels, at_least=self.max_batch)
         np.concatenate(parts, out=merged)
         return merged
 

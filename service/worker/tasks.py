@@ -8,7 +8,6 @@ ONNX Runtime). Every status change goes through ``cpcnn.service.lifecycle``.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,9 +23,6 @@ from cpcnn.errors import CpcnnError, InputError, NotFoundError
 from cpcnn.schemas import Problem
 
 logger = logging.getLogger(__name__)
-
-#: Cells cropped at once into a job thread's reused buffer (a 128x128x5 float32 crop is 320 KiB).
-CROP_CHUNK = 64
 
 
 @dataclass
@@ -108,28 +104,14 @@ def _embed(job_id: str, spec: JobSpec, context: WorkerContext) -> tuple[F32Array
             dna = [c.lower() for c in embedder.manifest.channels].index("dna")
             limit = {"max_nuclei": spec.max_cells} if spec.max_cells is not None else {}
             centers = detect_nuclei(image[:, :, dna], **limit)  # refuses before any per-cell array exists
-    features = np.empty((centers.shape[0], embedder.feature_size), np.float32)
-    buffer = _crop_buffer(embedder.manifest.crop_size, len(embedder.manifest.channels))
-    for start in range(0, centers.shape[0], CROP_CHUNK):
-        chunk = centers[start : start + CROP_CHUNK]
+        site = embedder.site_crops(image, centers, normalization=normalization)
+    features = np.empty((len(site), embedder.feature_size), np.float32)
+    for rows in site.slices():
         with batcher.preparing():
-            crops = embedder.crop(image, chunk, normalization=normalization, out=buffer[: len(chunk)])
+            crops = site.crop(rows)  # into this job thread's reused buffer
         # embed() returns only once the batcher is done with the crops, so the buffer can be reused.
-        features[start : start + crops.shape[0]] = batcher.embed(crops)
+        features[rows] = batcher.embed(crops)
     return features, centers
-
-
-_buffers = threading.local()
-
-
-def _crop_buffer(side: int, n_channels: int) -> F32Array:
-    """This job thread's reusable crop buffer: a fresh 20 MiB array per chunk costs page faults that
-    take longer than the cropping itself."""
-    shape = (CROP_CHUNK, side, side, n_channels)
-    buffer: F32Array | None = getattr(_buffers, "crops", None)
-    if buffer is None or buffer.shape != shape:
-        buffer = _buffers.crops = np.empty(shape, np.float32)
-    return buffer
 
 
 def problem_for(exc: BaseException, job_id: str) -> Problem:

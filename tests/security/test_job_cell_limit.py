@@ -11,8 +11,8 @@ import pytest
 from _servers import wait_ready
 from _tiny_model import synthetic_site, tiff_bytes
 from cpcnn.service.config import Limits
-from cpcnn.service.worker import tasks
 
+from cpcnn import batching
 from cpcnn._types import CHANNELS
 
 
@@ -25,8 +25,8 @@ def test_detected_nuclei_over_max_cells_fail_the_job(
     serve: Callable[..., httpx.Client], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     crop_calls: list[Any] = []
-    real_buffer = tasks._crop_buffer
-    monkeypatch.setattr(tasks, "_crop_buffer", lambda *a: crop_calls.append(a) or real_buffer(*a))
+    real_buffer = batching.crop_buffer
+    monkeypatch.setattr(batching, "crop_buffer", lambda *a, **k: crop_calls.append(a) or real_buffer(*a, **k))
     client = serve(limits=Limits(max_cells=4))
     wait_ready(client)
     job = client.post("/v1/jobs", params={"wait": 60}, files=_files(6), data={"detect_nuclei": "true"}).json()
