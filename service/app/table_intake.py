@@ -18,7 +18,6 @@ import json
 import zlib
 from collections.abc import Sequence
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,6 +28,7 @@ from cpcnn.service.profile_store import artifact_id
 from cpcnn.errors import InputError, PayloadTooLarge, UnsupportedMedia
 from cpcnn.profiles.tables import (
     METADATA_PREFIX,
+    check_finite,
     csv_header,
     duplicate_names,
     feature_columns,
@@ -108,12 +108,7 @@ def profile_table(table: pd.DataFrame, features: Sequence[str] | None, *, what: 
         raise InputError(f"{what}: {exc}") from exc
     warn_ignored_columns(*ignored_columns(table, features), source=what)
     values = feature_matrix(table, names)
-    infinite = np.flatnonzero(np.isinf(values).any(axis=0))
-    if len(infinite):
-        bad = [names[i] for i in infinite]
-        raise InputError(
-            f"{what}: infinite values (or values beyond float32) in features {', '.join(bad[:5])}"
-        )
+    check_finite(values, names, what=f"{what} (values beyond float32 count as infinite)")
     meta = metadata_columns(table)
     return pd.concat([table.loc[:, meta].reset_index(drop=True), pd.DataFrame(values, columns=names)], axis=1)
 
