@@ -23,6 +23,7 @@ import pandas as pd
 from cpcnn._types import FEATURE_PREFIX
 from cpcnn.errors import InputError, PayloadTooLarge
 from cpcnn.io.cells import OBJECT_NUMBER_COLUMN, X_COLUMN, Y_COLUMN, metadata_value
+from cpcnn.io.npy import read_npy_header
 from cpcnn.locations import validate_object_numbers
 from cpcnn.profiles._npz_metadata import MAX_METADATA_BYTES, parse_metadata_pickle
 
@@ -80,13 +81,7 @@ def _open_npy(archive: zipfile.ZipFile, member: str, path: Path, *, limit: int) 
     info = _member_info(archive, member, path, limit=limit)
     stream = archive.open(info)
     try:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
-            raise InputError(f"{path}: unsupported .npy version {version} for '{member}'")
+        shape, fortran, dtype = read_npy_header(stream, f"{path}: '{member}'")
     except InputError:
         stream.close()
         raise

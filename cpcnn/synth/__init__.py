@@ -1,0 +1,1 @@
+"""Synthetic Cell Painting screens, written the way real ones arrive (see :mod:`cpcnn.synth.plate`)."""
