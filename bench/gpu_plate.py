@@ -54,7 +54,7 @@ from cpcnn._types import CHANNELS, CROP_SIZE  # noqa: E402
 from cpcnn.crops import MINMAX_EPSILON, crop_cells  # noqa: E402
 from cpcnn.synth.plate import conditions_for_plate, site_rng  # noqa: E402
 from cpcnn.synth.render import render_site  # noqa: E402
-from cpcnn.synth.treatments import design_layout, well_names  # noqa: E402
+from cpcnn.synth.treatments import design_layout  # noqa: E402
 
 #: Cells of the plate the projection is for (a JUMP plate: 384 wells x 9 sites x ~130 cells).
 PROJECTED_CELLS = 450_000
@@ -126,7 +126,6 @@ def generate_plate(folder: Path, *, sites: int, size: int, cells: int, seed: int
     """``sites`` synthetic sites under ``folder`` (one plate; wells A01... then further sites per well)."""
     folder.mkdir(parents=True, exist_ok=True)
     fmt = "tiff" if _has_tifffile() else "npy"
-    assert len(well_names(min(sites, 384))) == min(sites, 384)
     tasks = [(folder, i, sites, size, cells, seed, fmt) for i in range(sites)]
     if workers > 1 and sites > 1:
         # Before any CUDA call, so forking is safe; each process renders whole sites.
