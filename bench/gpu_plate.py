@@ -341,13 +341,14 @@ def synchronize(device: torch.device) -> None:
 
 def run_plate(
     sites: Sequence[SiteFiles], net: torch.nn.Module, mode: str, device: torch.device, *,
-    threads: int, prefetch: int,
+    threads: int, prefetch: int, sites_per_batch: int = 1,
 ) -> tuple[dict[str, float], torch.Tensor]:
-    """Decode (threads, ``prefetch`` sites ahead) -> upload -> crop -> embed every site; timings, features."""
+    """Decode (threads, ``prefetch`` sites ahead) -> upload -> crop -> embed (``sites_per_batch`` sites per
+    network call) every site; timings and features in site order."""
     first = decode_site(sites[0])[0]
     upload = Upload(device, first.shape)
     clock = StageClock(device)
-    features, decode_seconds, waited = [], 0.0, 0.0
+    features, batch, decode_seconds, waited = [], [], 0.0, 0.0
     synchronize(device)
     started = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
@@ -366,8 +367,11 @@ def run_plate(
                 centers = torch.from_numpy(site.centers).to(device, non_blocking=True)
             with clock.stage("crop"):
                 crops = crop_cells_torch(image, centers)
-            with clock.stage("network"):
-                features.append(embed(net, crops, mode))
+            batch.append(crops)
+            if len(batch) == sites_per_batch or index == len(sites) - 1:
+                with clock.stage("network"):
+                    features.append(embed(net, batch[0] if len(batch) == 1 else torch.cat(batch), mode))
+                batch = []
     synchronize(device)
     wall = time.perf_counter() - started
     cells = sum(len(site.centers) for site in sites)
@@ -403,6 +407,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", type=Path, help="cpcnn checkpoint (.pt) or Keras CNN-1 (.h5); default random")
     parser.add_argument("--threads", type=int, default=8, help="decode threads")
     parser.add_argument("--prefetch", type=int, default=6, help="sites decoded ahead")
+    parser.add_argument("--sites-per-batch", type=int, default=1, help="sites' cells per network call")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes generating the plate")
     parser.add_argument("--work-dir", type=Path, help="where to write the plate (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the generated plate")
@@ -414,7 +419,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     modes = tuple(m for m in args.modes.split(",") if m)
     if not modes or set(modes) - set(MODES):
         parser.error(f"--modes must be a subset of {','.join(MODES)}, got {args.modes!r}")
-    for name in ("sites", "size", "cells_per_site", "threads", "prefetch", "workers"):
+    for name in ("sites", "size", "cells_per_site", "threads", "prefetch", "workers", "sites_per_batch"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     args.modes = ("fp32", *(m for m in modes if m != "fp32"))  # fp32 first: the reference for errors
@@ -468,10 +473,11 @@ def measure(sites: Sequence[SiteFiles], args: argparse.Namespace, device: torch.
     for mode in args.modes:
         # Warm-up on the first site (cuDNN autotuning, allocator) outside the timed pass.
         with torch.no_grad():
-            embed(net, device_crops, mode)
+            embed(net, torch.cat([device_crops] * args.sites_per_batch), mode)
         synchronize(device)
         with torch.no_grad():
-            timing, features = run_plate(sites, net, mode, device, threads=args.threads, prefetch=args.prefetch)
+            timing, features = run_plate(sites, net, mode, device, threads=args.threads, prefetch=args.prefetch,
+                                         sites_per_batch=args.sites_per_batch)
         if reference is None:
             reference = features
         error = (features - reference).abs()
@@ -496,7 +502,8 @@ def measure(sites: Sequence[SiteFiles], args: argparse.Namespace, device: torch.
         },
         "feature_size": int(reference.shape[1]),
         "crop_check": {"max_abs_diff_vs_cpcnn_crops": crop_difference, "cells": len(sites[0].centers)},
-        "settings": {"decode_threads": args.threads, "prefetch": args.prefetch, "batch": "one site per call"},
+        "settings": {"decode_threads": args.threads, "prefetch": args.prefetch, "sites_per_batch": args.sites_per_batch,
+                     "cells_per_batch": args.sites_per_batch * args.cells_per_site},
         "peak_device_memory_mb": (
             round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None
         ),
