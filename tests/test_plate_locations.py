@@ -167,7 +167,7 @@ def test_cytotable_parquet_without_site_names_what_to_add(tmp_path: Path) -> Non
     assert len(source.for_site(spec(site=4))) == 1
 
 
-def write_cellprofiler_sqlite(path: Path, *, per_object: bool = False, prefix: str = "MyExpt_") -> None:
+def write_cellprofiler_sqlite(path: Path, *, per_object: bool = False, prefix: str = "MyExpt") -> None:
     """The tables CellProfiler's ExportToDatabase writes (a few of their many columns)."""
     with sqlite3.connect(path) as db:
         db.execute(

@@ -23,7 +23,10 @@ Accepted tables (column names as their tools write them):
 - CellProfiler SQLite (ExportToDatabase): ``[prefix]Per_Image`` (``ImageNumber``,
   ``Image_Metadata_Plate/Well/Site``) joined on ``ImageNumber`` with ``[prefix]Per_Nuclei`` (one table per
   object: ``Nuclei_Number_Object_Number``, ``Nuclei_Location_Center_X/Y``) or ``[prefix]Per_Object`` (one
-  table for all objects: ``ObjectNumber``). Only those columns are selected.
+  table for all objects: ``ObjectNumber``). Only those columns are selected. Table names are
+  ``prefix + "Per_" + object`` and the key columns ``ImageNumber``/``ObjectNumber`` (CellProfiler/CellProfiler
+  ``modules/exporttodatabase.py``: ``get_table_name``, ``C_IMAGE_NUMBER``, ``C_OBJECT_NUMBER``); the
+  per-object-table names are those CytoTable's ``cellprofiler_sqlite`` preset joins on.
 - A DeepProfiler locations folder: ``{root}/{Plate}/{Well}-{Site}-Nuclei.csv``.
 """
 
@@ -401,7 +404,7 @@ def _sqlite_columns(connection: sqlite3.Connection, table: str) -> list[str]:
 
 def _find_table(tables: Sequence[str], suffixes: Sequence[str]) -> str | None:
     for suffix in suffixes:
-        found = sorted(t for t in tables if t.lower() == suffix or t.lower().endswith("_" + suffix))
+        found = sorted(t for t in tables if t.lower().endswith(suffix))  # ExportToDatabase: prefix + "Per_" + name
         if found:
             return found[0]
     return None
