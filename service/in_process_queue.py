@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from cpcnn.service import lifecycle
 from cpcnn.service.job_store import JobStore
 from cpcnn.service.prometheus import QueueSnapshot
-from cpcnn.service.worker.runtime import Runtime
 from cpcnn.service.queue import TaskKind
 from cpcnn.service.worker import plate_tasks
+from cpcnn.service.worker.runtime import Runtime
 from cpcnn.service.worker.tasks import WorkerContext, problem_for, run_job
 
 from cpcnn.schemas import WorkerPublic

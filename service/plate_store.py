@@ -32,14 +32,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cpcnn.service.durable import STALE_TEMPORARY_S, remove_stale, replace_durably, write_bytes_durably
 from pydantic import BaseModel, Field
 
 from cpcnn.errors import NotFoundError
+from cpcnn.io.durable import STALE_TEMPORARY_S, remove_stale, replace_durably, write_bytes_durably
 from cpcnn.plates.sites import SiteSpec
 from cpcnn.schemas import PlateLinks, PlateProgress, PlatePublic, PlateStatus, SiteFailure
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from cpcnn.plates.output import PlateOutput
 
 _PLATE_ID = re.compile(r"[0-9a-f]{32}")
@@ -348,3 +350,17 @@ class PlateStore:
             created_at=spec.created_at, finished_at=finished_at,
             links=PlateLinks(self_=base, wells=f"{base}/wells", sites=f"{base}/sites"),
         )
+
+
+def read_platemap(path: Path, sites: list[SiteSpec]) -> pd.DataFrame:
+    """The platemap CSV, checked against the plate's wells (``check_platemap``: no unknown, none missing)."""
+    import pandas as pd
+
+    from cpcnn.errors import InputError
+    from cpcnn.plates.output import check_platemap
+
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"platemap {path} is not a readable CSV: {exc}") from exc
+    return check_platemap(table, sites, source=str(path))

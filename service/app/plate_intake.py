@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cpcnn.service.config import ApiSettings
 from cpcnn.service.plate_paths import AllowedRoots
-from cpcnn.service.plate_store import PlateSpec
+from cpcnn.service.plate_store import PlateSpec, read_platemap
 
 from cpcnn.errors import InputError, PayloadTooLarge
 from cpcnn.plates.sites import SiteSpec
@@ -35,40 +35,26 @@ class PlateRequest:
     detect_nuclei: bool
     illum: bool
     platemap: str | None
-    channels: dict[str, str] | None
+    channels: list[str] | None
 
 
-def parse_channels(text: str | None) -> dict[str, str] | None:
-    """``DNA=OrigDNA,RNA=OrigRNA`` (or a JSON object) -> {model channel: LoadData name}."""
+def parse_channels(text: str | None) -> list[str] | None:
+    """``DNA=OrigHoechst,RNA=OrigSyto`` -> the items ``parse_channel_names`` reads; None when absent."""
     if text is None or not text.strip():
         return None
-    text = text.strip()
-    if text.startswith("{"):
-        try:
-            parsed = json.loads(text)
-        except ValueError as exc:
-            raise InputError(f"channels is not valid JSON: {exc}") from exc
-        if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
-            raise InputError("channels must map model channels to LoadData names, e.g. DNA=OrigDNA,RNA=OrigRNA")
-        return {str(k): v for k, v in parsed.items()}
-    channels: dict[str, str] = {}
-    for item in text.split(","):
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip() or not value.strip():
-            raise InputError(f"channels entry {item.strip()!r} is not CHANNEL=NAME (e.g. DNA=OrigDNA)")
-        channels[name.strip()] = value.strip()
-    return channels
+    return [item for item in text.split(",") if item.strip()]
 
 
 def prepare_plate(
     request: PlateRequest, settings: ApiSettings, model_channels: list[str]
 ) -> tuple[PlateSpec, list[SiteSpec], bytes]:
     """Validate everything -> (spec, sites, CSV bytes); raises InputError (4xx) naming the problem."""
-    from cpcnn.plates.load_data import read_load_data
+    from cpcnn.plates.load_data import parse_channel_names, read_load_data
 
     roots = AllowedRoots(settings.plates.roots)
     roots.require_enabled()
     limit = settings.plates.max_load_data_bytes
+    channels = parse_channel_names(request.channels, model_channels) if request.channels else None
     with tempfile.TemporaryDirectory(prefix="cpcnn-plate-") as scratch:
         if request.load_data_path is not None:
             csv_path = roots.check(request.load_data_path, what="LoadData CSV")
@@ -83,7 +69,7 @@ def prepare_plate(
             csv_path = Path(scratch) / "load_data.csv"  # relative PathName values cannot lie under a root
             csv_path.write_bytes(data)
             shown = UPLOADED
-        sites = read_load_data(csv_path, channels=request.channels, model_channels=model_channels)
+        sites = read_load_data(csv_path, channels=channels, model_channels=model_channels)
     if not sites:
         raise InputError("the LoadData CSV lists no sites")
     if len(sites) > settings.plates.max_sites:
@@ -95,7 +81,7 @@ def prepare_plate(
     spec = PlateSpec(
         id=plate_id_for(data, request, locations, platemap), model=request.model, load_data=shown,
         locations=locations, detect_nuclei=request.detect_nuclei, illum=request.illum, platemap=platemap,
-        channels=request.channels, n_sites=len(sites), max_cells=settings.limits.max_cells,
+        channels=channels, n_sites=len(sites), max_cells=settings.limits.max_cells,
     )
     return spec, sites, data
 
@@ -146,21 +132,8 @@ def _check_locations(request: PlateRequest, sites: list[SiteSpec], roots: Allowe
 def _check_platemap(platemap: str | None, sites: list[SiteSpec], roots: AllowedRoots) -> str | None:
     if platemap is None:
         return None
-    import pandas as pd
-
     path = roots.check(platemap, what="platemap")
     if not path.is_file():
         raise InputError(f"platemap {platemap} does not exist")
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"platemap {platemap} is not a readable CSV: {exc}") from exc
-    if "Metadata_Well" not in table.columns:
-        raise InputError(f"platemap {platemap} has no Metadata_Well column (columns: {', '.join(table.columns)})")
-    wells = {site.well for site in sites}
-    unknown = sorted(set(table["Metadata_Well"]) - wells)
-    if unknown:
-        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-        raise InputError(f"platemap {platemap} names wells the LoadData CSV does not have: "
-                         f"{', '.join(unknown[:5])}{more}")
+    read_platemap(path, sites)
     return str(path)

@@ -15,16 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from cpcnn.service import lifecycle, plate_lifecycle
-from cpcnn.service.plate_store import PlateSpec, PlateStore, parse_site_job_id
+from cpcnn.service.plate_store import PlateSpec, PlateStore, parse_site_job_id, read_platemap
 
 from cpcnn.errors import CpcnnError
 
 if TYPE_CHECKING:
     import pandas as pd
+    from cpcnn.service.worker.tasks import WorkerContext
 
     from cpcnn.plates.locations import LocationSource
     from cpcnn.plates.sites import SiteSpec
-    from cpcnn.service.worker.tasks import WorkerContext
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def profile_site(spec: PlateSpec, site: SiteSpec, context: WorkerContext) -> pd.
     batcher = context.runtime.batcher(spec.model)
     embedder = batcher.embedder
     with batcher.preparing():
-        image = load_site(site, illum=spec.illum)
+        image = load_site(site, illum=spec.illum, channels=embedder.manifest.channels)
         source = _locations(spec)
         locations = source.for_site(site, image if source.needs_image else None)
         crops = embedder.site_crops(image, locations.centers)
@@ -95,7 +95,7 @@ def profile_site(spec: PlateSpec, site: SiteSpec, context: WorkerContext) -> pd.
             batch = crops.crop(rows)
         features[rows] = batcher.embed(batch)
     metadata = {"Metadata_Plate": site.plate, "Metadata_Well": site.well, "Metadata_Site": site.site}
-    table = cells_table(features, locations, metadata=metadata, model_name=spec.model,
+    table = cells_table(features, locations, metadata=metadata, model_name=embedder.manifest.name,
                         feature_prefix=embedder.manifest.feature_prefix)
     return table.to_pandas()
 
@@ -133,15 +133,11 @@ def write_plate_tables(plates: PlateStore, spec: PlateSpec) -> dict[str, Any]:
         "sites_failed": progress.failed, "cells": progress.cells, "failed": failed,
     }
     if progress.done:
-        platemap = read_platemap(spec.platemap) if spec.platemap else None
+        from pathlib import Path
+
+        platemap = read_platemap(Path(spec.platemap), plates.sites(spec.id)) if spec.platemap else None
         plates.output(spec.id).finish(platemap=platemap, run=run)
     return {"sites_done": progress.done, "sites_failed": progress.failed, "cells": progress.cells}
-
-
-def read_platemap(path: str) -> pd.DataFrame:
-    import pandas as pd
-
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
 def site_crash_is_final(context: WorkerContext, job_id: str, *, crashes: int) -> bool:

@@ -19,7 +19,7 @@ from cpcnn.service.app.plate_intake import PlateRequest, parse_channels, prepare
 from cpcnn.service.app.problems import problem_responses
 from cpcnn.service.plate_paths import AllowedRoots
 from cpcnn.service.plate_store import PlateStore, check_plate_id
-from fastapi import APIRouter, File, Form, Query, Request, Response
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as StarletteUploadFile
@@ -52,7 +52,7 @@ async def create_plate(
     models: ModelStoreDep,
     plates: PlateStoreDep,
     queue: QueueDep,
-    load_data: Annotated[StarletteUploadFile | str, File(
+    load_data: Annotated[UploadFile | str, File(
         description="the LoadData CSV (uploaded; then its paths must be absolute) or its path on the shared volume")],
     model: Annotated[str | None, Form(description="model name; the server's default when omitted")] = None,
     locations: Annotated[str | None, Form(description="nuclei table (CSV, Parquet, SQLite) or DeepProfiler "
