@@ -1,0 +1,199 @@
+"""Plate jobs through the API (in-process queue): results as ``cpcnn profile``, progress, downloads,
+every bad input a 4xx naming the problem, cancel and resume, finishing exactly once, restart survival."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+from _plate_files import PlateFiles, write_plate
+from _plate_jobs import assert_same_profiles, profile_locally, submit
+from _servers import cpcnn_process, free_port, stop_process, wait_http, wait_until
+from cpcnn.service import plate_lifecycle
+from cpcnn.service.config import PlateSettings
+from cpcnn.service.plate_store import PlateSpec, PlateStore
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> PlateFiles:
+    return write_plate(tmp_path / "lab")
+
+
+@pytest.fixture
+def plate_api(serve: Callable[..., httpx.Client], lab: PlateFiles) -> httpx.Client:
+    client = serve(plates=PlateSettings(roots=[lab.root], max_sites=50))
+    wait_until(lambda: client.get("/readyz").status_code == 200, timeout=30, what="/readyz")
+    return client
+
+
+def test_plate_profiles_as_cpcnn_profile(
+    plate_api: httpx.Client, lab: PlateFiles, models_dir: Path, tmp_path: Path
+) -> None:
+    created = submit(plate_api, lab)
+    assert created.status_code == 202, created.text
+    plate = created.json()
+    assert created.headers["Location"] == f"/v1/plates/{plate['id']}"
+    assert plate["progress"]["sites"] == 6 and plate["status"] in ("queued", "running", "succeeded")
+    done = plate_api.get(f"/v1/plates/{plate['id']}", params={"wait": 60}).json()
+    assert done["status"] == "succeeded", done
+    progress = done["progress"]
+    assert (progress["done"], progress["failed"], progress["pending"], progress["cells"]) == (6, 0, 0, 24)
+    assert progress["cells_per_s"] > 0 and progress["eta_s"] == 0
+
+    local = profile_locally(lab, models_dir, tmp_path / "local")
+    wells = pd.read_parquet(io.BytesIO(plate_api.get(done["links"]["wells"]).content))
+    assert_same_profiles(wells, pd.read_parquet(local.wells_path), ["Metadata_Well"])
+    assert "Metadata_Treatment" in wells.columns
+    sites = pd.read_parquet(io.BytesIO(plate_api.get(done["links"]["sites"]).content))
+    assert_same_profiles(sites, pd.read_parquet(local.sites_path), ["Metadata_Well", "Metadata_Site"])
+    as_csv = plate_api.get(done["links"]["wells"], params={"format": "csv"})
+    assert as_csv.headers["content-type"].startswith("text/csv") and len(pd.read_csv(io.StringIO(as_csv.text))) == 3
+    cells = plate_api.get(f"/v1/plates/{plate['id']}/cells/P1__A02__2")
+    assert_same_profiles(pd.read_parquet(io.BytesIO(cells.content)),
+                         pd.read_parquet(local.root / "cells" / "P1__A02__2.parquet"), ["Metadata_ObjectNumber"])
+    assert plate_api.get(f"/v1/plates/{plate['id']}/cells/..%2Fplate.json").status_code == 404
+
+    again = submit(plate_api, lab)  # the same request is the same plate, not a second run
+    assert again.status_code == 200 and again.json()["id"] == plate["id"]
+    assert [p["id"] for p in plate_api.get("/v1/plates").json()["data"]] == [plate["id"]]
+    assert plate_api.delete(f"/v1/plates/{plate['id']}").status_code == 409
+
+
+def _write_csv(table: pd.DataFrame, path: Path) -> str:
+    table.to_csv(path, index=False)
+    return str(path)
+
+
+def test_bad_plates_are_4xx_naming_the_problem(
+    plate_api: httpx.Client, serve: Callable[..., httpx.Client], lab: PlateFiles, tmp_path: Path
+) -> None:
+    good = submit(plate_api, lab).json()
+    plate_api.get(f"/v1/plates/{good['id']}", params={"wait": 60})
+    rows = pd.read_csv(lab.load_data)
+    missing = rows.copy()
+    missing.loc[3, "FileName_OrigER"] = "A02_s2_ER_gone.tiff"
+    nuclei = pd.read_csv(lab.nuclei).assign(Metadata_Plate="P9")
+    platemap = pd.read_csv(lab.platemap)
+    platemap.loc[len(platemap)] = ["Z99", "T9"]
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        ({"channels": "Nucleus=OrigDNA"}, 422, "Nucleus"),
+        ({"channels": "DNA=OrigHoechst"}, 422, "OrigHoechst"),
+        ({"load_data": _write_csv(missing, lab.root / "missing.csv")}, 422, "A02_s2_ER_gone.tiff"),
+        ({"locations": _write_csv(nuclei, lab.root / "p9.csv")}, 422, "P9"),
+        ({"load_data": _write_csv(pd.concat([rows, rows.iloc[[2]]]), lab.root / "dup.csv")}, 422, "A02"),
+        ({"platemap": _write_csv(platemap, lab.root / "z99.csv")}, 422, "Z99"),
+        ({"load_data": "/etc/passwd"}, 422, "outside"),
+        ({"load_data": f"{lab.root}/../lab/load_data.csv"}, 422, "'..'"),
+        ({"locations": None}, 422, "detect_nuclei"),
+        ({"model": "nope"}, 422, "nope"),
+        ({"load_data": str(lab.root / "absent.csv")}, 422, "absent.csv"),
+    ]
+    for options, status, named in cases:
+        answer = submit(plate_api, lab, **options)
+        assert answer.status_code == status, (options, answer.text)
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert named in answer.json()["detail"], (options, answer.json())
+    assert plate_api.post("/v1/plates", content=b"{}", headers={"content-type": "application/json"}).status_code == 422
+
+    small = serve(plates=PlateSettings(roots=[lab.root], max_sites=5))
+    too_many = submit(small, lab)
+    assert too_many.status_code == 413 and "6 sites" in too_many.json()["detail"]
+    disabled = submit(serve(), lab)
+    assert disabled.status_code == 422 and "CPCNN_PLATES__ROOTS" in disabled.json()["detail"]
+
+    # Nothing a refused request did is stored; the plate stored before is whole.
+    assert [p["id"] for p in plate_api.get("/v1/plates").json()["data"]] == [good["id"]]
+    kept = plate_api.get(f"/v1/plates/{good['id']}").json()
+    assert kept["status"] == "succeeded" and kept["progress"]["done"] == 6
+    assert plate_api.get(kept["links"]["wells"]).status_code == 200
+
+
+def test_finished_exactly_once_when_workers_race(tmp_path: Path, lab: PlateFiles) -> None:
+    """Every site done; eight threads finish the plate at once: the tables are written by one."""
+    from cpcnn.plates.load_data import read_load_data
+
+    plates = PlateStore(tmp_path / "data")
+    sites = read_load_data(lab.load_data)
+    spec = PlateSpec(id="0" * 32, model="cnn1", load_data=str(lab.load_data), locations=str(lab.nuclei),
+                     n_sites=len(sites))
+    assert plates.create(spec, sites, lab.load_data.read_bytes())
+    output = plates.output(spec.id)
+    for site in sites[:-1]:
+        output.write_site(site, pd.DataFrame({"Metadata_Plate": [site.plate], "Metadata_Well": [site.well],
+                                              "Metadata_Site": [site.site], "f_0": [1.0]}))
+    plates.record_failure(spec.id, sites[-1], "unreadable")
+    calls: list[int] = []
+
+    def finisher(store: PlateStore, plate: PlateSpec) -> dict[str, Any]:
+        calls.append(1)
+        time.sleep(0.2)  # a slow finish: every other thread arrives while it runs
+        return {"sites_done": len(sites) - 1}
+
+    barrier = threading.Barrier(8)
+    results: list[bool] = []
+
+    def race() -> None:
+        barrier.wait()
+        results.append(plate_lifecycle.finish_if_complete(plates, spec.id, finisher))
+
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1 and sorted(results) == [False] * 7 + [True]
+    assert plates.is_finished(spec.id) and not (plates.folder(spec.id) / "finishing.lock").exists()
+    assert plate_lifecycle.finish_if_complete(plates, spec.id, finisher) is False and len(calls) == 1
+    public = plates.public(spec.id)
+    assert public.status == "succeeded" and public.progress.failed == 1
+    assert public.failures[0].reason == "unreadable"
+
+
+@pytest.mark.slow
+def test_plate_survives_a_killed_api(tmp_path: Path, models_dir: Path) -> None:
+    """``cpcnn serve`` is SIGKILLed mid-plate; started again it completes the plate, no site computed twice."""
+    lab = write_plate(tmp_path / "lab", wells=("A01", "A02", "B01", "B02"), sites=3, size=200)
+    home = tmp_path / "home"
+    shutil.copytree(models_dir / "cnn1", home / "models" / "cnn1")
+    from _tiny_model import save_slow_model
+
+    save_slow_model(home / "models", "slow", width=96)
+    env = {"CPCNN_HOME": str(home), "CPCNN_DATA_DIR": str(tmp_path / "data"), "CPCNN_ENV": "dev",
+           "CPCNN_PLATES__ROOTS": str(lab.root), "CPCNN_DEFAULT_MODEL": "slow"}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = ["serve", "--port", str(port), "--device", "cpu", "--threads", "1", "--slots", "1"]
+    first = cpcnn_process(args, env=env, log=tmp_path / "serve-1.log")
+    try:
+        wait_http(f"{url}/healthz")
+        with httpx.Client(base_url=url, timeout=30) as client:
+            wait_until(lambda: client.get("/readyz").status_code == 200, timeout=60, what="model loaded")
+            plate = submit(client, lab, model="slow").json()
+            wait_until(lambda: client.get(f"/v1/plates/{plate['id']}").json()["progress"]["done"] >= 2,
+                       timeout=120, what="two sites done")
+        stop_process(first, sig=signal.SIGKILL)
+        cells = tmp_path / "data" / "plates" / plate["id"] / "output" / "cells"
+        before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in cells.glob("*.parquet")}
+        assert 2 <= len(before) < 12
+        second = cpcnn_process(args, env=env, log=tmp_path / "serve-2.log")
+        try:
+            wait_http(f"{url}/healthz")
+            with httpx.Client(base_url=url, timeout=30) as client:
+                done = client.get(f"/v1/plates/{plate['id']}", params={"wait": 240}).json()
+        finally:
+            stop_process(second)
+    finally:
+        stop_process(first, sig=signal.SIGKILL)
+    assert done["status"] == "succeeded" and done["progress"]["done"] == 12, done
+    after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in cells.glob("*.parquet")}
+    assert {name: after[name] for name in before} == before  # done sites were not written again
+    assert (tmp_path / "data" / "plates" / plate["id"] / "output" / "wells.parquet").is_file()
