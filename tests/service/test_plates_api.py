@@ -197,3 +197,63 @@ def test_plate_survives_a_killed_api(tmp_path: Path, models_dir: Path) -> None:
     after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in cells.glob("*.parquet")}
     assert {name: after[name] for name in before} == before  # done sites were not written again
     assert (tmp_path / "data" / "plates" / plate["id"] / "output" / "wells.parquet").is_file()
+
+
+@pytest.mark.slow
+def test_plate_on_two_rq_workers_cancel_resume_and_a_killed_worker(tmp_path: Path, models_dir: Path) -> None:
+    """Redis mode, two ``cpcnn worker`` processes: a cancelled plate runs nothing and resumes when sent
+    again; one worker SIGKILLed mid-plate and restarted; the plate completes as ``cpcnn profile`` would
+    write it, each site computed once and the plate finished once."""
+    from _servers import RedisServer, live_server
+    from cpcnn.service.app.main import create_app
+    from cpcnn.service.config import ApiSettings, WorkerTuning
+
+    lab = write_plate(tmp_path / "lab", wells=("A01", "A02", "B01", "B02"), sites=3, size=200)
+    home = tmp_path / "home"
+    from _tiny_model import save_slow_model
+
+    save_slow_model(home / "models", "slow", width=96)
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    env = {"CPCNN_HOME": str(home), "CPCNN_DATA_DIR": str(tmp_path / "data"), "CPCNN_REDIS_URL": redis.url,
+           "CPCNN_ENV": "dev"}
+    settings = ApiSettings(env="dev", redis_url=redis.url, data_dir=tmp_path / "data", models_dir=home / "models",
+                           default_model="slow", worker=WorkerTuning(heartbeat_s=1),
+                           plates=PlateSettings(roots=[lab.root]))
+    workers: dict[str, Any] = {}
+
+    def start_worker(name: str) -> None:
+        args = ["-v", "worker", "--name", name, "--model", "slow", "--device", "cpu", "--threads", "1",
+                "--slots", "1", "--heartbeat-s", "1", "--maintenance-s", "2"]
+        workers[name] = cpcnn_process(args, env=env, log=tmp_path / f"{name}.log")
+
+    try:
+        with live_server(create_app(settings)) as url, httpx.Client(base_url=url, timeout=30) as client:
+            plate = submit(client, lab).json()
+            assert client.get("/readyz").json()["queue_depth"] == 12
+            cancelled = client.delete(f"/v1/plates/{plate['id']}").json()
+            assert cancelled["status"] == "cancelled" and client.get("/readyz").json()["queue_depth"] == 0
+            start_worker("wa")
+            start_worker("wb")
+            wait_until(lambda: len(client.get("/readyz").json()["workers"]) == 2, timeout=60, what="two workers")
+            assert client.get(f"/v1/plates/{plate['id']}").json()["progress"]["done"] == 0
+
+            resumed = submit(client, lab)
+            assert resumed.status_code == 202 and resumed.json()["id"] == plate["id"]
+            wait_until(lambda: client.get(f"/v1/plates/{plate['id']}").json()["progress"]["done"] >= 3,
+                       timeout=120, what="three sites done")
+            stop_process(workers["wa"], sig=signal.SIGKILL)
+            start_worker("wa")
+            done = client.get(f"/v1/plates/{plate['id']}", params={"wait": 240}).json()
+            assert done["status"] == "succeeded" and done["progress"]["done"] == 12, done
+            wells = pd.read_parquet(io.BytesIO(client.get(done["links"]["wells"]).content))
+    finally:
+        for process in workers.values():
+            stop_process(process)
+        redis.stop(kill=True)
+    local = profile_locally(lab, home / "models", tmp_path / "local", model="slow")
+    assert_same_profiles(wells, pd.read_parquet(local.wells_path), ["Metadata_Well"])
+    logs = "".join((tmp_path / f"{name}.log").read_text() for name in ("wa", "wb"))
+    written = [line for line in logs.splitlines() if f"plate {plate['id']} plate P1" in line and "n_cells=" in line]
+    assert len(written) == 12, logs[-3000:]  # each site computed and written once, across both workers
+    assert logs.count(f"plate {plate['id']} finished") == 1
