@@ -84,7 +84,7 @@ class InProcessQueue:
 
     def is_queued(self, job_id: str) -> bool:
         with self._lock:
-            return job_id in self._waiting
+            return job_id in self._waiting and job_id not in self._cancelled
 
     def cancel(self, job_id: str, *, model: str) -> None:
         with self._lock:

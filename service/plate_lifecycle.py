@@ -45,15 +45,14 @@ logger = logging.getLogger(__name__)
 Finisher = Callable[[PlateStore, PlateSpec], dict[str, Any]]
 
 
-def enqueue_sites(plates: PlateStore, queue: JobQueue, plate_id: str, indexes: list[int] | None = None) -> int:
-    """Put the plate's unresolved sites (or ``indexes``) in line, skipping those already there; then
-    mark the plate queued. Returns how many were put in line."""
+def enqueue_sites(plates: PlateStore, queue: JobQueue, plate_id: str, *, fresh: bool = False) -> int:
+    """Put the plate's unresolved sites in line, skipping those already there (``fresh``: a plate just
+    created, none can be); then mark the plate queued. Returns how many were put in line."""
     spec = plates.spec(plate_id)
-    todo = plates.unresolved(plate_id) if indexes is None else indexes
     queued = 0
-    for index in todo:
+    for index in plates.unresolved(plate_id):
         job_id = site_job_id(plate_id, index)
-        if not queue.is_queued(job_id):
+        if fresh or not queue.is_queued(job_id):
             queue.enqueue(job_id, model=spec.model, kind="plate_site")
             queued += 1
     plates.mark_queued(plate_id)

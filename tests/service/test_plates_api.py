@@ -257,3 +257,55 @@ def test_plate_on_two_rq_workers_cancel_resume_and_a_killed_worker(tmp_path: Pat
     written = [line for line in logs.splitlines() if f"plate {plate['id']} plate P1" in line and "n_cells=" in line]
     assert len(written) == 12, logs[-3000:]  # each site computed and written once, across both workers
     assert logs.count(f"plate {plate['id']} finished") == 1
+
+
+def test_synthetic_screen_through_the_api(
+    serve: Callable[..., httpx.Client], models_dir: Path, tmp_path: Path
+) -> None:
+    """``cpcnn synth plate``'s files (relative PathName values, nuclei table, platemap with MoA) as they are."""
+    from cpcnn.synth.plate import write_screen
+
+    screen = write_screen(tmp_path / "screen", wells=2, sites=2, cells_per_site=5, size=200)
+    client = serve(plates=PlateSettings(roots=[tmp_path / "screen"]))
+    wait_until(lambda: client.get("/readyz").status_code == 200, timeout=30, what="/readyz")
+    plate = submit(client, screen).json()  # type: ignore[arg-type]
+    done = client.get(f"/v1/plates/{plate['id']}", params={"wait": 60}).json()
+    assert done["status"] == "succeeded" and done["progress"]["done"] == 4, done
+    wells = pd.read_parquet(io.BytesIO(client.get(done["links"]["wells"]).content))
+    local = profile_locally(screen, models_dir, tmp_path / "local")  # type: ignore[arg-type]
+    assert_same_profiles(wells, pd.read_parquet(local.wells_path), ["Metadata_Well"])
+    assert {"Metadata_Treatment", "Metadata_MoA"} <= set(wells.columns)
+
+
+@pytest.mark.slow
+def test_cancel_then_resume_in_process(serve: Callable[..., httpx.Client], tmp_path: Path) -> None:
+    """DELETE stops a plate (no further site runs, done sites kept); the same request resumes it."""
+    from _tiny_model import save_slow_model
+
+    lab = write_plate(tmp_path / "lab", wells=("A01", "A02", "B01", "B02"), sites=3)
+    save_slow_model(tmp_path / "slow-models", "slow", width=96)
+    client = serve(models_dir=tmp_path / "slow-models", default_model="slow",
+                   plates=PlateSettings(roots=[lab.root]))
+    wait_until(lambda: client.get("/readyz").status_code == 200, timeout=60, what="/readyz")
+    plate = submit(client, lab).json()
+    cancelled = client.delete(f"/v1/plates/{plate['id']}").json()
+    assert cancelled["status"] == "cancelled" and cancelled["progress"]["pending"] > 0, cancelled
+    time.sleep(4.0)  # the sites already running (two slots) may still land; nothing after them
+
+    def counts() -> tuple[int, int, int]:
+        progress = client.get(f"/v1/plates/{plate['id']}").json()["progress"]
+        return progress["done"], progress["failed"], progress["pending"]
+
+    settled = client.get(f"/v1/plates/{plate['id']}").json()
+    time.sleep(2.0)
+    assert counts() == (settled["progress"]["done"], 0, 12 - settled["progress"]["done"])
+    assert settled["progress"]["done"] <= cancelled["progress"]["done"] + 2
+    assert settled["status"] == "cancelled" and client.get(f"/v1/plates/{plate['id']}/wells").status_code == 409
+    cells = tmp_path / "data" / "plates" / plate["id"] / "output" / "cells"
+    kept = {p.name: p.stat().st_mtime_ns for p in cells.glob("*.parquet")}
+
+    resumed = submit(client, lab)
+    assert resumed.status_code == 202 and resumed.json()["status"] != "cancelled"
+    done = client.get(f"/v1/plates/{plate['id']}", params={"wait": 120}).json()
+    assert done["status"] == "succeeded" and done["progress"]["done"] == 12, done
+    assert {name: (cells / name).stat().st_mtime_ns for name in kept} == kept

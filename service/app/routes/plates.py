@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -83,7 +84,7 @@ async def create_plate(
     created = await run_in_threadpool(plates.create, spec, sites, csv)
     if created or _needs_queueing(plates, spec.id):
         await run_in_threadpool(plates.uncancel, spec.id)
-        await run_in_threadpool(plate_lifecycle.enqueue_sites, plates, queue, spec.id)
+        await run_in_threadpool(partial(plate_lifecycle.enqueue_sites, plates, queue, spec.id, fresh=created))
     response.headers["Location"] = f"/v1/plates/{spec.id}"
     public = await run_in_threadpool(plates.public, spec.id)
     if public.status.finished:
