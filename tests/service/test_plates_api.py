@@ -202,8 +202,8 @@ def test_plate_survives_a_killed_api(tmp_path: Path, models_dir: Path) -> None:
 @pytest.mark.slow
 def test_plate_on_two_rq_workers_cancel_resume_and_a_killed_worker(tmp_path: Path, models_dir: Path) -> None:
     """Redis mode, two ``cpcnn worker`` processes: a cancelled plate runs nothing and resumes when sent
-    again; one worker SIGKILLed mid-plate and restarted; the plate completes as ``cpcnn profile`` would
-    write it, each site computed once and the plate finished once."""
+    again; one worker SIGKILLed mid-plate and restarted, the API restarted; the plate completes as
+    ``cpcnn profile`` would write it, each site written once and the plate finished once."""
     from _servers import RedisServer, live_server
     from cpcnn.service.app.main import create_app
     from cpcnn.service.config import ApiSettings, WorkerTuning
@@ -243,7 +243,9 @@ def test_plate_on_two_rq_workers_cancel_resume_and_a_killed_worker(tmp_path: Pat
             wait_until(lambda: client.get(f"/v1/plates/{plate['id']}").json()["progress"]["done"] >= 3,
                        timeout=120, what="three sites done")
             stop_process(workers["wa"], sig=signal.SIGKILL)
-            start_worker("wa")
+        # The API stops too; started again it puts back in line only what Redis no longer holds.
+        start_worker("wa")
+        with live_server(create_app(settings)) as url, httpx.Client(base_url=url, timeout=30) as client:
             done = client.get(f"/v1/plates/{plate['id']}", params={"wait": 240}).json()
             assert done["status"] == "succeeded" and done["progress"]["done"] == 12, done
             wells = pd.read_parquet(io.BytesIO(client.get(done["links"]["wells"]).content))
