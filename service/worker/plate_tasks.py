@@ -11,13 +11,14 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from cpcnn.service import lifecycle, plate_lifecycle
 from cpcnn.service.plate_store import PlateSpec, PlateStore, parse_site_job_id, read_platemap
 
-from cpcnn.errors import CpcnnError
+from cpcnn.errors import CpcnnError, InputError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -88,6 +89,9 @@ def profile_site(spec: PlateSpec, site: SiteSpec, context: WorkerContext) -> pd.
         image = load_site(site, illum=spec.illum, channels=embedder.manifest.channels)
         source = _locations(spec)
         locations = source.for_site(site, image if source.needs_image else None)
+        if spec.max_cells is not None and len(locations.centers) > spec.max_cells:
+            raise InputError(f"{site.describe()} has {len(locations.centers)} cells, over the limit of "
+                             f"{spec.max_cells} (CPCNN_LIMITS__MAX_CELLS)")
         crops = embedder.site_crops(image, locations.centers)
     features = np.empty((len(crops), embedder.feature_size), np.float32)
     for rows in crops.slices():
@@ -109,10 +113,9 @@ def _locations(spec: PlateSpec) -> LocationSource:
     if spec.detect_nuclei:
         from cpcnn.plates.locations import DetectNuclei
 
-        source: LocationSource = DetectNuclei()
+        limit = {"max_nuclei": spec.max_cells} if spec.max_cells is not None else {}
+        source: LocationSource = DetectNuclei(**limit)  # refuses before any per-cell array exists
     else:
-        from pathlib import Path
-
         from cpcnn.plates.locations import open_locations
 
         source = open_locations(Path(spec.locations or ""))
@@ -133,8 +136,6 @@ def write_plate_tables(plates: PlateStore, spec: PlateSpec) -> dict[str, Any]:
         "sites_failed": progress.failed, "cells": progress.cells, "failed": failed,
     }
     if progress.done:
-        from pathlib import Path
-
         platemap = read_platemap(Path(spec.platemap), plates.sites(spec.id)) if spec.platemap else None
         plates.output(spec.id).finish(platemap=platemap, run=run)
     return {"sites_done": progress.done, "sites_failed": progress.failed, "cells": progress.cells}

@@ -311,3 +311,14 @@ def test_cancel_then_resume_in_process(serve: Callable[..., httpx.Client], tmp_p
     done = client.get(f"/v1/plates/{plate['id']}", params={"wait": 120}).json()
     assert done["status"] == "succeeded" and done["progress"]["done"] == 12, done
     assert {name: (cells / name).stat().st_mtime_ns for name in kept} == kept
+
+
+def test_sites_over_the_cell_limit_fail_naming_it(serve: Callable[..., httpx.Client], lab: PlateFiles) -> None:
+    from cpcnn.service.config import Limits
+
+    client = serve(plates=PlateSettings(roots=[lab.root]), limits=Limits(max_cells=3))
+    wait_until(lambda: client.get("/readyz").status_code == 200, timeout=30, what="/readyz")
+    plate = submit(client, lab).json()
+    done = client.get(f"/v1/plates/{plate['id']}", params={"wait": 60}).json()
+    assert done["status"] == "failed" and done["progress"]["failed"] == 6, done
+    assert "4 cells, over the limit of 3" in done["failures"][0]["reason"]
