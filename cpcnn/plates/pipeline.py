@@ -9,7 +9,6 @@ whose cells file already exists are not recomputed, so a rerun does only what is
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
 import time
@@ -35,7 +34,6 @@ from cpcnn.plates.sites import SiteSpec
 if TYPE_CHECKING:
     from cpcnn.plates.locations import LocationSource
 
-logger = logging.getLogger(__name__)
 
 #: Illumination functions kept decoded (a plate's five; a few plates interleaved in one LoadData).
 ILLUM_CACHE = 20
@@ -189,7 +187,7 @@ def profile_plate(
                 cells = found.pop(site.name, None)
             if reason is not None or cells is None:
                 run.skipped[site.name] = reason or "no locations"
-                logger.warning("skipped %s: %s", site.describe(), run.skipped[site.name])
+                tqdm.write(f"cpcnn: skipped {site.describe()}: {run.skipped[site.name]}", file=sys.stderr)
             else:
                 metadata = {"Metadata_Plate": site.plate, "Metadata_Well": site.well, "Metadata_Site": site.site}
                 table = cells_table(features, cells, metadata=metadata, model_name=manifest.name,
