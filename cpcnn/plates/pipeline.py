@@ -86,7 +86,7 @@ class PlateRun:
 
     sites: int = 0
     embedded: dict[str, int] = field(default_factory=dict)  # site name -> cells
-    reused: list[str] = field(default_factory=list)
+    reused: dict[str, int] = field(default_factory=dict)  # site name -> cells, done by an earlier run
     skipped: dict[str, str] = field(default_factory=dict)  # site name -> reason
     seconds: float = 0.0
 
@@ -117,8 +117,8 @@ class PlateRun:
             "cells": self.cells,
             "seconds": round(self.seconds, 3),
             "cells_per_s": round(self.cells_per_s, 1),
-            "cells_per_site": self.embedded,
-            "reused": self.reused,
+            "cells_per_site": {**self.reused, **self.embedded},
+            "reused": list(self.reused),
             "skipped": self.skipped,
         }
 
@@ -151,7 +151,7 @@ def profile_plate(
     pending = []
     for site in sites:
         if output.done(site):
-            run.reused.append(site.name)
+            run.reused[site.name] = output.cells_in(site)
         else:
             pending.append(site)
     found: dict[str, Locations] = {}
