@@ -124,6 +124,20 @@ def test_a_different_model_or_setting_never_mixes_into_an_output(screen: Screen,
     assert "was made with illum=False, not True" in capsys.readouterr().err
 
 
+def test_jump_layout_writes_the_wells_as_jump_does(screen: Screen, tmp_path: Path) -> None:
+    from cpcnn.plates.jump import read_jump_wells
+
+    out = tmp_path / "out"
+    assert _profile(screen, out, "--jump-layout") == 0
+    [written] = json.loads((out / "run.json").read_text())["jump_layout"]
+    assert Path(written) == out / "jump/source_local/workspace_dl/profiles/cpcnn_zenodo_7114558/local/SYNTH-P1/SYNTH-P1.parquet"
+    jump = read_jump_wells(Path(written))
+    wells = pd.read_parquet(out / "wells.parquet")
+    features = [c for c in wells.columns if c.startswith("efficientnet_")]
+    assert jump.Metadata_Well.tolist() == wells.Metadata_Well.tolist()
+    assert (jump[features].to_numpy() == wells[features].to_numpy()).all()
+
+
 @pytest.mark.slow
 def test_detect_nuclei_finds_the_cells(screen: Screen, tmp_path: Path) -> None:
     out = tmp_path / "out"
