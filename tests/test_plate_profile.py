@@ -15,7 +15,10 @@ from _tiny_model import save_tiny_model
 
 from cpcnn.cli.main import main
 from cpcnn.model_store import ModelStore, cpcnn_home
+from cpcnn.plates.load_data import read_load_data
 from cpcnn.synth.plate import Screen, write_screen
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -136,6 +139,34 @@ def test_jump_layout_writes_the_wells_as_jump_does(screen: Screen, tmp_path: Pat
     features = [c for c in wells.columns if c.startswith("efficientnet_")]
     assert jump.Metadata_Well.tolist() == wells.Metadata_Well.tolist()
     assert (jump[features].to_numpy() == wells[features].to_numpy()).all()
+
+
+def test_a_deepprofiler_project_gives_the_load_data_cells(screen: Screen, tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_reference", REPO / "scripts/deepprofiler/run_reference.py")
+    assert spec is not None and spec.loader is not None
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    nuclei = pd.read_csv(screen.nuclei)
+    sites = []
+    for site in read_load_data(screen.load_data):
+        mine = nuclei[(nuclei.Metadata_Well == site.well) & (nuclei.Metadata_Site == int(site.site))]
+        locations = tmp_path / "locations" / f"{site.name}.csv"
+        locations.parent.mkdir(exist_ok=True)
+        mine.rename(columns={"Location_Center_X": "Nuclei_Location_Center_X",
+                             "Location_Center_Y": "Nuclei_Location_Center_Y"}).to_csv(locations, index=False)
+        sites.append({"plate": site.plate, "well": site.well, "site": site.site, "height": 256, "width": 256,
+                      "channels": {c: str(p) for c, p in site.images.items()}, "locations": str(locations)})
+    checkpoint = tmp_path / "checkpoint.hdf5"
+    checkpoint.write_bytes(b"")
+    reference.layout_project(str(tmp_path / "dp"), sites, "/", str(checkpoint), 16)
+    assert _profile(screen, tmp_path / "from-load-data") == 0
+    assert main(["profile", "--deepprofiler-project", str(tmp_path / "dp"), "--model", "cnn1", "--out",
+                 str(tmp_path / "from-dp"), "--device", "cpu", "--quiet"]) == 0
+    expected = ds.dataset(tmp_path / "from-load-data" / "cells", format="parquet").to_table().to_pandas()
+    cells = ds.dataset(tmp_path / "from-dp" / "cells", format="parquet").to_table().to_pandas()
+    pd.testing.assert_frame_equal(cells, expected)
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ from cpcnn.batching import SiteCrops
 from cpcnn.errors import CpcnnError
 from cpcnn.illum import apply_illum, read_illum
 from cpcnn.io.cells import cells_table
+from cpcnn.io.durable import remove_stale
 from cpcnn.io.images import DEFAULT_MAX_PIXELS, read_channel, stack_planes
 from cpcnn.locations import Locations
 from cpcnn.manifest import ModelManifest
@@ -146,6 +147,7 @@ def profile_plate(
     from tqdm import tqdm
 
     manifest = embedder.manifest
+    remove_stale(output.cells_dir)  # temporaries of a run killed over an hour ago
     run = PlateRun(sites=len(sites))
     started = time.perf_counter()
     pending = []
