@@ -140,3 +140,12 @@ def test_the_service_gives_the_same_cells(files: PlateFiles, embedder: Embedder,
         run = _run(files, remote, tmp_path / "remote")  # type: ignore[arg-type]
     assert run.skipped == {} and len(run.embedded) == 4
     pd.testing.assert_frame_equal(_sorted(_cells(tmp_path / "remote")), _sorted(_cells(tmp_path / "local")))
+
+
+def test_a_missing_illumination_function_skips_with_its_name(files: PlateFiles, embedder: Embedder,
+                                                             tmp_path: Path) -> None:
+    sites = read_load_data(files.load_data)[:2]
+    sites[0].illum["AGP"].unlink()
+    run = _run(files, embedder, tmp_path / "out", sites, illum=True)
+    assert set(run.skipped) == {s.name for s in sites}  # one function serves the whole plate
+    assert all("P1_IllumAGP.npy does not exist" in reason for reason in run.skipped.values())

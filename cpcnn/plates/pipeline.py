@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     from cpcnn.plates.locations import LocationSource
 
 
-#: Illumination functions kept decoded (a plate's five; a few plates interleaved in one LoadData).
-ILLUM_CACHE = 20
+#: Illumination functions kept decoded: two plates' five (a LoadData may interleave plates).
+ILLUM_CACHE = 10
 
 
 class SiteEmbedder(Protocol):
@@ -51,8 +51,17 @@ class SiteEmbedder(Protocol):
     ) -> Iterator[tuple[Any, F32Array]]: ...
 
 
-@lru_cache(maxsize=ILLUM_CACHE)
 def _illum_function(path: Path, shape: tuple[int, int]) -> F32Array:
+    """The plate's function, decoded once per file version (a rewritten file is read again)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return read_illum(path, shape=shape)  # raises the one-line "does not exist"
+    return _cached_illum(path, shape, (stat.st_mtime_ns, stat.st_size))
+
+
+@lru_cache(maxsize=ILLUM_CACHE)
+def _cached_illum(path: Path, shape: tuple[int, int], version: tuple[int, int]) -> F32Array:
     function = read_illum(path, shape=shape)
     function.setflags(write=False)  # shared by every site of the plate
     return function
