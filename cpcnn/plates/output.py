@@ -10,6 +10,7 @@ site whatever the plate size), the same numbers ``cpcnn aggregate`` gives on the
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,12 @@ class PlateOutput:
         """True once the site's cells file exists (it only ever appears whole)."""
         return self.site_path(site).is_file()
 
+    def cells_in(self, site: SiteSpec) -> int:
+        """Rows of a done site's cells file, from its footer."""
+        import pyarrow.parquet as pq
+
+        return int(pq.read_metadata(self.site_path(site)).num_rows)
+
     def write_site(self, site: SiteSpec, table: Any) -> Path:
         """Write one site's cells (a pandas DataFrame or pyarrow Table) atomically."""
         import pyarrow as pa
@@ -81,7 +88,8 @@ class PlateOutput:
 
     def finish(self, *, platemap: pd.DataFrame | None, run: dict[str, Any], jump_layout: bool = False) -> None:
         """Write ``sites.parquet``, ``wells.parquet`` (joined with ``platemap``), the JUMP layout when
-        asked, and ``run.json`` last (its presence says the summaries match the cells)."""
+        asked, and ``run.json`` last (adds ``timings.summaries_s`` when ``run`` has ``timings``)."""
+        started = time.perf_counter()
         self.root.mkdir(parents=True, exist_ok=True)
         sites = self.site_profiles()
         wells = well_profiles(sites, platemap)
@@ -91,6 +99,13 @@ class PlateOutput:
             from cpcnn.plates.jump import write_jump_wells
 
             run["jump_layout"] = [str(p) for p in write_jump_wells(wells, self.root / "jump")]
+        if isinstance(run.get("timings"), dict):
+            run["timings"]["summaries_s"] = round(time.perf_counter() - started, 3)
+        self.write_run(run)
+
+    def write_run(self, run: dict[str, Any]) -> None:
+        """Replace ``run.json`` atomically (a run writes it at start, marked incomplete, and at the end)."""
+        self.root.mkdir(parents=True, exist_ok=True)
         write_bytes_durably(self.run_path, (json.dumps(run, indent=2, allow_nan=False) + "\n").encode())
 
 
@@ -143,4 +158,26 @@ def check_platemap(platemap: pd.DataFrame, sites: list[SiteSpec], *, source: str
     if unannotated:
         shown = ", ".join(" ".join(k) for k in unannotated[:5]) + (" ..." if len(unannotated) > 5 else "")
         raise InputError(f"platemap {source} has no row for {len(unannotated)} well(s): {shown}")
+    return table
+
+
+def read_platemap(path: Path) -> pd.DataFrame:
+    """A platemap CSV (or JUMP's tab-separated ``.txt``) -> ``Metadata_Well`` plus ``Metadata_*`` annotations.
+
+    JUMP's ``well_position`` is read as ``Metadata_Well`` and every other column not already named
+    ``Metadata_*`` gets that prefix, so no annotation is ever taken for a feature downstream.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"platemap {path} does not exist")
+    sep = "\t" if path.suffix.lower() in (".txt", ".tsv") else ","
+    try:
+        table = pd.read_csv(path, sep=sep, dtype={"Metadata_Well": str, "Metadata_Plate": str, "well_position": str})
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"platemap {path.name} is not a readable table: {exc}") from exc
+    if "Metadata_Well" not in table.columns and "well_position" in table.columns:
+        table = table.rename(columns={"well_position": "Metadata_Well"})
+    table = table.rename(columns={c: c if c.startswith("Metadata_") else f"Metadata_{c}" for c in table.columns})
+    if table.empty:
+        raise InputError(f"platemap {path.name} has no rows")
     return table
