@@ -374,3 +374,72 @@ class Evaluation(BaseModel):
     message: str = ""
     settings: dict[str, Any] = Field(default_factory=dict)
     precision_at_recall: PrecisionAtRecall
+
+
+# -- whole plates: a LoadData CSV on a shared volume, profiled site by site on the queue -------------
+
+
+class PlateStatus(StrEnum):
+    """Life of a plate job; ``succeeded``, ``failed`` and ``cancelled`` are final.
+
+    A plate succeeds once every site is done or failed and the plate tables are written; it fails when
+    every site failed.
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (PlateStatus.SUCCEEDED, PlateStatus.FAILED, PlateStatus.CANCELLED)
+
+
+class PlateProgress(BaseModel):
+    """Counts derived from what is on disk: a site is done when its cells file exists."""
+
+    sites: int
+    done: int
+    failed: int
+    pending: int
+    cells: int = Field(description="cells in the sites done so far")
+    cells_per_s: float | None = Field(default=None, description="cells done per second since the plate was submitted")
+    eta_s: float | None = Field(default=None, description="seconds until every site is done, at the pace so far")
+
+
+class SiteFailure(BaseModel):
+    site: str = Field(description="Plate__Well__Site")
+    reason: str
+
+
+class PlateLinks(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    self_: str = Field(alias="self")
+    wells: str
+    sites: str
+
+
+class PlatePublic(BaseModel):
+    """One plate job as clients see it."""
+
+    id: str = Field(description="content hash of the LoadData CSV and the options: the same request gives the same id")
+    status: PlateStatus
+    model: str
+    load_data: str = Field(description="the CSV's path on the shared volume, or 'upload'")
+    locations: str | None = None
+    detect_nuclei: bool = False
+    illum: bool = False
+    platemap: str | None = None
+    channels: dict[str, str] | None = None
+    progress: PlateProgress
+    failures: list[SiteFailure] = Field(default_factory=list, description="failed sites (at most 100) and why")
+    created_at: datetime
+    finished_at: datetime | None = None
+    links: PlateLinks
+
+
+class PlateList(BaseModel):
+    data: list[PlatePublic]

@@ -75,6 +75,24 @@ class WorkerTuning(BaseModel):
     maintenance_s: int = Field(default=60, gt=0, description="how often abandoned jobs are requeued")
 
 
+class PlateSettings(BaseModel):
+    """Whole plates read from a volume the service shares with the lab: only under ``roots``."""
+
+    roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="folders plate files may be read from (comma-separated); none turns plate jobs off",
+    )
+    max_sites: int = Field(default=10_000, gt=0, description="sites one plate may have")
+    max_load_data_bytes: int = Field(default=64 * 2**20, gt=0, description="size of an uploaded or named LoadData CSV")
+
+    @field_validator("roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [Path(root.strip()) for root in value.split(",") if root.strip()]
+        return value
+
+
 class _Common(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CPCNN_", env_nested_delimiter="__", extra="ignore")
 
@@ -84,6 +102,7 @@ class _Common(BaseSettings):
     models_dir: Path | None = None
     queue: QueueSettings = Field(default_factory=QueueSettings)
     worker: WorkerTuning = Field(default_factory=WorkerTuning)
+    plates: PlateSettings = Field(default_factory=PlateSettings)
 
     def resolved_data_dir(self) -> Path:
         return self.data_dir if self.data_dir is not None else cpcnn_home() / "service"

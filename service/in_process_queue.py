@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from cpcnn.service import lifecycle
 from cpcnn.service.job_store import JobStore
 from cpcnn.service.prometheus import QueueSnapshot
+from cpcnn.service.queue import TaskKind
+from cpcnn.service.worker import plate_tasks
 from cpcnn.service.worker.runtime import Runtime
 from cpcnn.service.worker.tasks import WorkerContext, problem_for, run_job
 
@@ -44,8 +46,10 @@ class InProcessQueue:
         self.retries = retries
         self.preload = preload
         self._slots = slots
-        self._ids: queue.Queue[tuple[str, int] | None] = queue.Queue()  # (job id, crashes in this process)
+        # (job id, task kind, crashes in this process)
+        self._ids: queue.Queue[tuple[str, TaskKind, int] | None] = queue.Queue()
         self._cancelled: set[str] = set()
+        self._waiting: set[str] = set()  # in line or running
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._loader: threading.Thread | None = None
@@ -62,7 +66,7 @@ class InProcessQueue:
         self._loader = threading.Thread(target=self._load_models, name="cpcnn-model-load", daemon=True)
         self._loader.start()
         for job_id in lifecycle.unfinished(self.jobs):
-            self._ids.put((job_id, 0))
+            self._ids.put((job_id, "embed", 0))
 
     def _load_models(self) -> None:
         for model in self.preload:
@@ -72,10 +76,15 @@ class InProcessQueue:
                 self._load_error = str(exc)
                 logger.error("could not load model %s: %s", model, exc)
 
-    def enqueue(self, job_id: str, *, model: str) -> None:
+    def enqueue(self, job_id: str, *, model: str, kind: TaskKind = "embed") -> None:
         with self._lock:
             self._cancelled.discard(job_id)
-        self._ids.put((job_id, 0))
+            self._waiting.add(job_id)
+        self._ids.put((job_id, kind, 0))
+
+    def is_queued(self, job_id: str) -> bool:
+        with self._lock:
+            return job_id in self._waiting and job_id not in self._cancelled
 
     def cancel(self, job_id: str, *, model: str) -> None:
         with self._lock:
@@ -112,17 +121,31 @@ class InProcessQueue:
             item = self._ids.get()
             if item is None:
                 return
-            job_id, crashes = item
+            job_id, kind, crashes = item
             with self._lock:
                 if job_id in self._cancelled:
                     self._cancelled.discard(job_id)
+                    self._waiting.discard(job_id)
                     continue
             try:
-                run_job(job_id, self._context)
+                if kind == "plate_site":
+                    plate_tasks.run_plate_site(job_id, self._context)
+                else:
+                    run_job(job_id, self._context)
             except Exception as exc:
-                final = lifecycle.crash_is_final(self.jobs, job_id, crashes=crashes + 1,
-                                                 max_attempts=self._context.max_attempts)
+                final = self._crash_is_final(job_id, kind, crashes + 1)
                 logger.exception("job %s crashed%s", job_id, "" if final else "; retrying")
-                lifecycle.after_crash(self.jobs, job_id, problem_for(exc, job_id), final=final)
+                if kind == "plate_site":
+                    plate_tasks.after_site_crash(self._context, job_id, exc, final=final)
+                else:
+                    lifecycle.after_crash(self.jobs, job_id, problem_for(exc, job_id), final=final)
                 if not final:
-                    self._ids.put((job_id, crashes + 1))
+                    self._ids.put((job_id, kind, crashes + 1))
+                    continue
+            with self._lock:
+                self._waiting.discard(job_id)
+
+    def _crash_is_final(self, job_id: str, kind: TaskKind, crashes: int) -> bool:
+        if kind == "plate_site":
+            return plate_tasks.site_crash_is_final(self._context, job_id, crashes=crashes)
+        return lifecycle.crash_is_final(self.jobs, job_id, crashes=crashes, max_attempts=self._context.max_attempts)

@@ -8,7 +8,7 @@ puts them on RQ for separate ``cpcnn worker`` processes. This module imports nei
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
 from cpcnn.service.prometheus import QueueSnapshot
 
@@ -20,6 +20,11 @@ from cpcnn.schemas import WorkerPublic
 TASK_PATH = "cpcnn.service.worker.tasks.embed_job"
 FAILURE_CALLBACK_PATH = "cpcnn.service.worker.tasks.on_failure"
 TASK_PREFIX = "cpcnn.service.worker.tasks."
+#: One site of a plate job (``cpcnn.service.worker.plate_tasks``): the same queues, another task kind.
+PLATE_SITE_TASK_PATH = "cpcnn.service.worker.plate_tasks.plate_site_job"
+PLATE_SITE_FAILURE_CALLBACK_PATH = "cpcnn.service.worker.plate_tasks.on_site_failure"
+#: Task kinds a queue carries: an uploaded field of view (``JobStore``) or a plate's site (``PlateStore``).
+TaskKind = Literal["embed", "plate_site"]
 LEGACY_TASK_PREFIX = "service.worker.tasks."
 
 
@@ -33,11 +38,15 @@ class JobQueue(Protocol):
 
     kind: str
 
-    def enqueue(self, job_id: str, *, model: str) -> None:
-        """Put a job (already written to the JobStore) in line; raises UnavailableError when down."""
+    def enqueue(self, job_id: str, *, model: str, kind: TaskKind = "embed") -> None:
+        """Put a job (already written to the JobStore, or a site of a plate in the PlateStore) in line;
+        raises UnavailableError when down."""
 
     def cancel(self, job_id: str, *, model: str) -> None:
         """Take a queued job out of line (no error if it is not there)."""
+
+    def is_queued(self, job_id: str) -> bool:
+        """Whether the job is in line or running (a plate resumed at start is not queued twice)."""
 
     def depth(self, model: str | None = None) -> int:
         """Jobs waiting (for one model, or all); raises UnavailableError when the backend is down."""

@@ -18,10 +18,17 @@ from typing import Any
 import redis
 from cpcnn.service.config import QueueSettings
 from cpcnn.service.prometheus import QueueSnapshot, merge_snapshots
-from cpcnn.service.queue import FAILURE_CALLBACK_PATH, TASK_PATH, queue_name
+from cpcnn.service.queue import (
+    FAILURE_CALLBACK_PATH,
+    PLATE_SITE_FAILURE_CALLBACK_PATH,
+    PLATE_SITE_TASK_PATH,
+    TASK_PATH,
+    TaskKind,
+    queue_name,
+)
 from rq import Callback, Queue, Retry
 from rq.exceptions import NoSuchJobError
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from cpcnn.errors import UnavailableError
@@ -141,19 +148,21 @@ class RedisQueue:
     def close(self) -> None:
         self.connection.close()
 
-    def enqueue(self, job_id: str, *, model: str) -> None:
+    def enqueue(self, job_id: str, *, model: str, kind: TaskKind = "embed") -> None:
+        task, callback = (TASK_PATH, FAILURE_CALLBACK_PATH) if kind == "embed" else (
+            PLATE_SITE_TASK_PATH, PLATE_SITE_FAILURE_CALLBACK_PATH)
         with redis_errors(self.settings.retry_after_s):
             self.attempts.reset(job_id)
             self.queue(model).enqueue(
-                TASK_PATH,
+                task,
                 {"job_id": job_id},
                 job_id=job_id,
-                description=f"embed {job_id}",
+                description=f"{kind} {job_id}",
                 job_timeout=self.settings.job_timeout_s,
                 result_ttl=self.settings.rq_result_ttl_s,
                 failure_ttl=self.settings.data_ttl_s,
                 retry=Retry(max=self.settings.retries) if self.settings.retries else None,
-                on_failure=Callback(FAILURE_CALLBACK_PATH),
+                on_failure=Callback(callback),
             )
 
     def cancel(self, job_id: str, *, model: str) -> None:
@@ -163,6 +172,14 @@ class RedisQueue:
                 Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer).delete()
             except NoSuchJobError:
                 pass
+
+    def is_queued(self, job_id: str) -> bool:
+        with redis_errors(self.settings.retry_after_s):
+            try:
+                status = Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer).get_status()
+            except NoSuchJobError:
+                return False
+        return status in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
 
     def depth(self, model: str | None = None) -> int:
         with redis_errors(self.settings.retry_after_s):

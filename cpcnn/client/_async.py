@@ -6,6 +6,7 @@ sides (sleeping, running sites at once) lives in ``_concurrency.py``.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
@@ -25,7 +26,7 @@ from cpcnn.client._base import (
     parquet_table,
 )
 from cpcnn.client._concurrency import async_map_bounded, async_sleep
-from cpcnn.client._errors import JobTimeout, TransportError
+from cpcnn.client._errors import JobTimeout, PlateFailed, TransportError
 from cpcnn.client._progress import progress_bar
 from cpcnn.client._tables import (
     FeaturesInput,
@@ -48,6 +49,9 @@ from cpcnn.schemas import (
     MatchResult,
     ModelList,
     ModelPublic,
+    PlateList,
+    PlatePublic,
+    PlateStatus,
     Readiness,
     TableList,
     TablePublic,
@@ -197,6 +201,101 @@ class AsyncClient(BaseClient[httpx.AsyncBaseTransport]):
 
     async def delete(self, job_id: str) -> None:
         await self._send("DELETE", f"/v1/jobs/{job_id}")
+
+    # -- whole plates ----------------------------------------------------------------------------
+
+    async def profile_plate(
+        self,
+        load_data: str | os.PathLike[str] | bytes,
+        *,
+        model: str | None,
+        locations: str | os.PathLike[str] | None = None,
+        detect_nuclei: bool = False,
+        illum: bool = False,
+        platemap: str | os.PathLike[str] | None = None,
+        channels: Mapping[str, str] | None = None,
+        wait: bool = True,
+        progress: bool | None = True,
+        timeout: float | None = None,
+    ) -> pd.DataFrame | PlatePublic:
+        """Profile a whole plate on the server -> its well profiles (``wait=False``: the plate job at once).
+
+        ``load_data``: the LoadData CSV's path on the volume the server shares (its PathName values may
+        be relative to it), or the CSV's bytes (then every path in it must be absolute). ``locations``
+        (a nuclei table or DeepProfiler locations folder) and ``platemap`` are server paths too; give
+        ``locations`` or ``detect_nuclei=True``. ``channels``: LoadData names of model channels, e.g.
+        ``{"DNA": "OrigHoechst"}``. ``model=None``: the server's default. ``timeout``: seconds to wait
+        (default: none). Raises ``PlateFailed`` when every site failed or the plate was cancelled.
+        """
+        data: dict[str, Any] = {"detect_nuclei": str(detect_nuclei).lower(), "illum": str(illum).lower()}
+        if model is not None:
+            data["model"] = model
+        if locations is not None:
+            data["locations"] = os.fspath(locations)
+        if platemap is not None:
+            data["platemap"] = os.fspath(platemap)
+        if channels:
+            data["channels"] = ",".join(f"{k}={v}" for k, v in channels.items())
+        if isinstance(load_data, bytes):
+            upload = Upload(files=[("load_data", ("load_data.csv", load_data, "text/csv"))], data=data)
+        else:
+            upload = Upload(files=[], data={"load_data": os.fspath(load_data), **data})
+        plate = await self._parse(PlatePublic, "POST", "/v1/plates", upload=upload)
+        if not wait:
+            return plate
+        plate = await self.wait_plate(plate.id, progress=progress, timeout=timeout)
+        return await self.plate_wells(plate.id)
+
+    async def wait_plate(
+        self, plate_id: str, *, progress: bool | None = True, timeout: float | None = None, poll_s: float = 1.0
+    ) -> PlatePublic:
+        """Until the plate finishes (returned), showing sites resolved on a progress bar; ``PlateFailed``
+        when it failed or was cancelled, ``JobTimeout`` after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        plate = await self.plate(plate_id)
+        with progress_bar(plate.progress.sites, progress) as bar:
+            shown = 0
+            while True:
+                resolved = plate.progress.done + plate.progress.failed
+                bar.update(resolved - shown)
+                shown = resolved
+                if plate.status.finished:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise JobTimeout(f"plate {plate_id} is still {plate.status.value} after {timeout:g} s",
+                                     job_id=plate_id)
+                await async_sleep(poll_s)
+                plate = await self.plate(plate_id)
+        if plate.status != PlateStatus.SUCCEEDED:
+            raise PlateFailed(plate)
+        return plate
+
+    async def plate(self, plate_id: str) -> PlatePublic:
+        """A plate's progress: sites done, failed and pending, cells, cells/s, ETA."""
+        return await self._parse(PlatePublic, "GET", f"/v1/plates/{plate_id}")
+
+    async def plates(self) -> list[PlatePublic]:
+        listing = await self._parse(PlateList, "GET", "/v1/plates")
+        return listing.data
+
+    async def cancel_plate(self, plate_id: str) -> PlatePublic:
+        """Cancel a plate: pending sites are dropped, done sites kept (submit it again to resume)."""
+        return await self._parse(PlatePublic, "DELETE", f"/v1/plates/{plate_id}")
+
+    async def plate_wells(self, plate_id: str) -> pd.DataFrame:
+        """A finished plate's well profiles (mean of site medians, platemap columns joined)."""
+        response = await self._send("GET", f"/v1/plates/{plate_id}/wells", params={"format": "parquet"})
+        return parquet_table(response.content)
+
+    async def plate_sites(self, plate_id: str) -> pd.DataFrame:
+        """A finished plate's site profiles (median of each site's cells)."""
+        response = await self._send("GET", f"/v1/plates/{plate_id}/sites", params={"format": "parquet"})
+        return parquet_table(response.content)
+
+    async def plate_cells(self, plate_id: str, site: str) -> pd.DataFrame:
+        """One done site's cells; ``site`` is its ``Plate__Well__Site`` name."""
+        response = await self._send("GET", f"/v1/plates/{plate_id}/cells/{site}", params={"format": "parquet"})
+        return parquet_table(response.content)
 
     # -- profiles: tables, sphering, libraries, evaluation --------------------------------------
 

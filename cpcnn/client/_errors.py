@@ -27,7 +27,7 @@ from typing import Any
 
 from cpcnn import errors
 from cpcnn.errors import CpcnnError
-from cpcnn.schemas import JobPublic, Problem
+from cpcnn.schemas import JobPublic, PlatePublic, Problem
 
 
 class ApiError(CpcnnError):
@@ -100,6 +100,17 @@ class JobFailed(ApiError):
         super().__init__(f"job {job.id} failed: {detail}", status_code=problem.status if problem else 500, problem=problem)
         self.job = job
         self.job_id = job.id
+
+
+class PlateFailed(ApiError):
+    """The plate finished with no site profiled, or was cancelled while waited for; ``plate`` says why."""
+
+    def __init__(self, plate: PlatePublic) -> None:
+        reasons = "; ".join(f"{f.site}: {f.reason}" for f in plate.failures[:3])
+        super().__init__(f"plate {plate.id} {plate.status.value}" + (f": {reasons}" if reasons else ""),
+                         status_code=409)
+        self.plate = plate
+        self.plate_id = plate.id
 
 
 class TransportError(CpcnnError):

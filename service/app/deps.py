@@ -12,6 +12,7 @@ from typing import Annotated
 
 from cpcnn.service.config import ApiSettings
 from cpcnn.service.job_store import JobStore, check_job_id
+from cpcnn.service.plate_store import PlateStore
 from cpcnn.service.profile_store import ProfileStore
 from cpcnn.service.prometheus import ApiMetrics
 from cpcnn.service.queue import JobQueue
@@ -33,6 +34,7 @@ class ServiceState:
     queue: JobQueue
     metrics: ApiMetrics
     profiles: ProfileStore
+    plates: PlateStore
 
 
 def _service(request: Request) -> ServiceState:
@@ -63,6 +65,10 @@ def get_profile_store(request: Request) -> ProfileStore:
     return _service(request).profiles
 
 
+def get_plate_store(request: Request) -> PlateStore:
+    return _service(request).plates
+
+
 def get_metrics(request: Request) -> ApiMetrics:
     return _service(request).metrics
 
@@ -72,6 +78,7 @@ QueueDep = Annotated[JobQueue, Depends(get_queue)]
 JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
 ModelStoreDep = Annotated[ModelStore, Depends(get_model_store)]
 ProfileStoreDep = Annotated[ProfileStore, Depends(get_profile_store)]
+PlateStoreDep = Annotated[PlateStore, Depends(get_plate_store)]
 MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
 
 

@@ -17,9 +17,12 @@ from cpcnn.service.app.routes import ROOT_ROUTERS, V1_ROUTERS
 from cpcnn.service.config import ApiSettings
 from cpcnn.service.in_process_queue import InProcessQueue
 from cpcnn.service.job_store import JobStore
+from cpcnn.service.plate_lifecycle import resume
+from cpcnn.service.plate_store import PlateStore
 from cpcnn.service.profile_store import ProfileStore
 from cpcnn.service.prometheus import ApiMetrics
 from cpcnn.service.queue import JobQueue
+from cpcnn.service.worker.plate_tasks import write_plate_tables
 from cpcnn.service.worker.runtime import Runtime
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -61,10 +64,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         jobs = JobStore(settings.resolved_data_dir())
         queue = build_queue(settings, jobs)
         profiles = ProfileStore(settings.resolved_data_dir(), open_libraries=settings.open_libraries)
+        plates = PlateStore(settings.resolved_data_dir())
         service = ServiceState(settings=settings, models=settings.model_store(), jobs=jobs, queue=queue,
-                               metrics=ApiMetrics(queue.snapshot), profiles=profiles)
+                               metrics=ApiMetrics(queue.snapshot), profiles=profiles, plates=plates)
         settings.warn_if_open()
         queue.start()
+        await asyncio.to_thread(resume, plates, queue, write_plate_tables)
         app.state.service = service
         janitor = asyncio.create_task(_prune_forever(jobs, settings))
         logger.info("cpcnn API ready: %s queue, data in %s", queue.kind, jobs.root)

@@ -49,6 +49,11 @@ def set_context(context: WorkerContext | None) -> None:
     _context = context
 
 
+def current_context() -> WorkerContext | None:
+    """The process-wide context (None until ``set_context``), for other task kinds' entry points."""
+    return _context
+
+
 def embed_job(payload: dict[str, Any]) -> dict[str, Any]:
     """RQ entry point: ``payload = {"job_id": ...}``; returns a small summary (stored by RQ)."""
     if _context is None:
