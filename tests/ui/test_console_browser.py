@@ -1,0 +1,175 @@
+"""The web console in a real (headless) Chromium: each page's main flow, the API key, escaping."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from _profiles_data import synthetic_profiles
+from _servers import REPO_ROOT, wait_ready
+
+SAMPLE = REPO_ROOT / "examples" / "data" / "pcatlas-BR00143976-C03-s3"
+SAMPLE_CHANNELS = {"DNA": "ch5", "RNA": "ch6", "ER": "ch2", "AGP": "ch3", "Mito": "ch4"}
+#: A value that would run script if it were ever parsed as HTML.
+EVIL = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
+
+
+def wait_for(driver: Any, script: str, *, timeout: float = 60) -> Any:
+    """Poll a JavaScript expression until it is truthy; returns its value."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: d.execute_script(f"return {script}"))
+
+
+def by_testid(driver: Any, name: str) -> Any:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, f'[data-testid="{name}"]')
+
+
+def all_by_testid(driver: Any, name: str) -> list[Any]:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, f'[data-testid="{name}"]')
+
+
+def shoot(driver: Any, folder: Path, name: str) -> None:
+    driver.save_screenshot(str(folder / f"{name}.png"))
+
+
+def test_service_page_shows_a_live_worker(browser: Any, console_url: str, screenshots: Path) -> None:
+    browser.get(f"{console_url}/")
+    assert browser.current_url.endswith("/ui")
+    wait_for(browser, "document.querySelector('[data-testid=worker-row]')")
+    row = by_testid(browser, "worker-row").text
+    assert "CPUExecutionProvider" in row and "cnn1" in row and "ago" in row
+    assert by_testid(browser, "queue-depth").text == "0"
+    assert by_testid(browser, "throughput-chart").find_element("css selector", "svg")
+    assert "No plate jobs on this server" in by_testid(browser, "plate-jobs").text
+    shoot(browser, screenshots, "service")
+
+
+def test_upload_of_the_real_site_shows_41_nuclei_crops_and_the_result(
+    browser: Any, console_url: str, screenshots: Path
+) -> None:
+    browser.get(f"{console_url}/ui#try")
+    assert by_testid(browser, "upload-form").is_displayed()
+    for channel, code in SAMPLE_CHANNELS.items():
+        by_testid(browser, f"file-{channel}").send_keys(str(SAMPLE / f"r03c03f03p01-{code}sk1fk1fl1.tiff"))
+    by_testid(browser, "file-locations").send_keys(str(SAMPLE / "r03c03f03p01-Nuclei.csv"))
+    by_testid(browser, "meta-plate").send_keys("BR00143976")
+    by_testid(browser, "upload-submit").click()
+    wait_for(browser, "document.querySelectorAll('[data-testid=nucleus-marker]').length >= 41", timeout=120)
+    assert len(all_by_testid(browser, "nucleus-marker")) == 41
+    wait_for(browser, "document.querySelector('[data-testid=job-facts]')", timeout=120)
+    assert "41" in by_testid(browser, "job-facts").text
+    all_by_testid(browser, "nucleus-marker")[7].click()
+    wait_for(browser, "document.querySelectorAll('[data-testid=crop] img').length === 5")
+    sizes = browser.execute_script(
+        "return [...document.querySelectorAll('[data-testid=crop] img')].map(i => [i.naturalWidth, i.naturalHeight])")
+    assert sizes == [[128, 128]] * 5
+    captions = [c.text for c in by_testid(browser, "crop-gallery").find_elements("css selector", "figcaption")]
+    assert captions == ["DNA", "RNA", "ER", "AGP", "Mito"]
+    assert by_testid(browser, "try-status").text == ""
+    shoot(browser, screenshots, "try")
+
+
+@pytest.fixture(scope="module")
+def stored_profiles(console_url: str) -> dict[str, Any]:
+    table = synthetic_profiles()
+    table.loc[table.index[-1], "Metadata_moa"] = EVIL
+    body = table.to_csv(index=False).encode()
+    with httpx.Client(base_url=console_url) as client:
+        stored = client.post("/v1/tables", files={"file": (f"{EVIL}.csv", body, "text/csv")}).json()
+        library = client.post("/v1/libraries", json={"table_id": stored["id"], "id_column": "Metadata_broad_sample",
+                                                     "annotations": ["Metadata_moa"]}).json()
+    return {"table": stored, "library": library}
+
+
+def test_profiles_map_match_and_evaluation(
+    browser: Any, console_url: str, screenshots: Path, stored_profiles: dict[str, Any]
+) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    browser.get(f"{console_url}/ui#profiles")
+    wait_for(browser, "document.querySelector('#map-table option')")
+    assert stored_profiles["table"]["name"] in by_testid(browser, "tables").text  # the file name, as text
+    Select(by_testid(browser, "map-color")).select_by_value("Metadata_moa")
+    by_testid(browser, "map-submit").click()
+    wait_for(browser, "document.querySelectorAll('[data-testid=map-point]').length > 0")
+    assert len(all_by_testid(browser, "map-point")) == stored_profiles["table"]["n_rows"]
+    legend = [item.text for item in all_by_testid(browser, "legend-item")]
+    assert any(text.startswith("(missing)") for text in legend) and any(EVIL in text for text in legend)
+
+    by_testid(browser, "match-submit").click()
+    wait_for(browser, "document.querySelectorAll('[data-testid=match-row]').length > 0")
+    rows = all_by_testid(browser, "match-row")
+    assert len(rows) == stored_profiles["table"]["n_rows"] * 5
+    assert "moa-" in by_testid(browser, "match-results").text
+
+    Select(by_testid(browser, "eval-id")).select_by_value("Metadata_broad_sample")
+    Select(by_testid(browser, "eval-annotation")).select_by_value("Metadata_moa")
+    by_testid(browser, "eval-submit").click()
+    wait_for(browser, "document.querySelector('[data-testid=eval-metrics]') && "
+                      "document.querySelector('[data-testid=pr-curve] path')")
+    assert "mAP" in by_testid(browser, "eval-metrics").text
+    browser.execute_script("window.scrollTo(0, 0)")
+    shoot(browser, screenshots, "profiles")
+    browser.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+    shoot(browser, screenshots, "profiles-match")
+    assert browser.execute_script("return window.__pwned") is None
+    assert browser.execute_script("return document.querySelectorAll('img[src=\"x\"], main script').length") == 0
+
+
+def test_dark_theme_is_kept_and_readable(browser: Any, console_url: str, screenshots: Path) -> None:
+    browser.get(f"{console_url}/ui#service")
+    wait_for(browser, "document.querySelector('[data-testid=worker-row]')")
+    if browser.execute_script("return document.documentElement.dataset.theme") != "dark":
+        by_testid(browser, "theme-toggle").click()
+    background = browser.execute_script("return getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(15, 17, 21)"
+    browser.refresh()
+    assert browser.execute_script("return document.documentElement.dataset.theme") == "dark"
+    browser.get(f"{console_url}/ui#try")
+    shoot(browser, screenshots, "try-dark")
+    browser.get(f"{console_url}/ui#service")
+    wait_for(browser, "document.querySelector('[data-testid=worker-row]')")
+    shoot(browser, screenshots, "service-dark")
+    by_testid(browser, "theme-toggle").click()
+
+
+def test_keyboard_reaches_the_main_controls(browser: Any, console_url: str) -> None:
+    browser.get(f"{console_url}/ui#try")
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    reached = set()
+    for _ in range(40):
+        ActionChains(browser).send_keys(Keys.TAB).perform()
+        reached.add(browser.execute_script("const a = document.activeElement; return a.dataset.testid || a.id"))
+    assert {"nav-service", "nav-profiles", "theme-toggle", "file-DNA", "upload-submit", "use-example"} <= reached
+
+
+def test_a_wrong_api_key_gets_a_clear_message(browser: Any, serve: Any, screenshots: Path) -> None:
+    client = serve(api_key="right-key")
+    wait_ready(client.__class__(base_url=str(client.base_url), headers={"X-API-Key": "right-key"}))
+    url = str(client.base_url).rstrip("/")
+    browser.get(f"{url}/ui#service")
+    browser.execute_script("sessionStorage.clear()")
+    browser.refresh()
+    wait_for(browser, "document.querySelector('[data-testid=key-dialog]').open")
+    assert "needs an API key" in by_testid(browser, "key-reason").text
+    by_testid(browser, "key-input").send_keys("wrong-key")
+    by_testid(browser, "key-submit").click()
+    wait_for(browser, "document.querySelector('[data-testid=key-dialog]').open && "
+                      "document.querySelector('[data-testid=banner]').textContent.includes('not accepted')")
+    shoot(browser, screenshots, "wrong-key")
+    assert "wrong-key" not in browser.current_url
+    by_testid(browser, "key-input").send_keys("right-key")
+    by_testid(browser, "key-submit").click()
+    wait_for(browser, "document.querySelector('[data-testid=worker-row]')")
+    assert by_testid(browser, "banner").get_attribute("hidden") is not None
+    assert browser.execute_script("return sessionStorage.getItem('cpcnn.apiKey')") == "right-key"
