@@ -37,7 +37,12 @@ def all_by_testid(driver: Any, name: str) -> list[Any]:
 
 
 def shoot(driver: Any, folder: Path, name: str) -> None:
+    """The whole page at the window's width (the window grows to the page's height, then shrinks back)."""
+    width, height = driver.get_window_size()["width"], driver.get_window_size()["height"]
+    page = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(width, max(height, page + height - driver.execute_script("return innerHeight")))
     driver.save_screenshot(str(folder / f"{name}.png"))
+    driver.set_window_size(width, height)
 
 
 def test_service_page_shows_a_live_worker(browser: Any, console_url: str, screenshots: Path) -> None:
@@ -75,6 +80,16 @@ def test_upload_of_the_real_site_shows_41_nuclei_crops_and_the_result(
     assert captions == ["DNA", "RNA", "ER", "AGP", "Mito"]
     assert by_testid(browser, "try-status").text == ""
     shoot(browser, screenshots, "try")
+
+
+def test_the_bundled_example_runs_with_one_click(browser: Any, console_url: str) -> None:
+    browser.get(f"{console_url}/ui#try")
+    wait_for(browser, "!document.querySelector('[data-testid=use-example]').hidden")
+    by_testid(browser, "use-example").click()
+    wait_for(browser, "document.querySelectorAll('[data-testid=nucleus-marker]').length >= 41", timeout=120)
+    wait_for(browser, "document.querySelector('[data-testid=job-facts]')", timeout=120)
+    assert len(all_by_testid(browser, "nucleus-marker")) == 41
+    assert "BR00143976" in by_testid(browser, "meta-plate").get_attribute("value")
 
 
 @pytest.fixture(scope="module")
@@ -116,10 +131,8 @@ def test_profiles_map_match_and_evaluation(
     wait_for(browser, "document.querySelector('[data-testid=eval-metrics]') && "
                       "document.querySelector('[data-testid=pr-curve] path')")
     assert "mAP" in by_testid(browser, "eval-metrics").text
-    browser.execute_script("window.scrollTo(0, 0)")
+    assert browser.execute_script("return document.documentElement.scrollWidth <= innerWidth")
     shoot(browser, screenshots, "profiles")
-    browser.execute_script("window.scrollTo(0, document.body.scrollHeight)")
-    shoot(browser, screenshots, "profiles-match")
     assert browser.execute_script("return window.__pwned") is None
     assert browser.execute_script("return document.querySelectorAll('img[src=\"x\"], main script').length") == 0
 

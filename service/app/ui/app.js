@@ -242,7 +242,7 @@ function plateProgress(plate) {
 }
 
 function renderThroughput(throughput) {
-  const width = 600, height = 120, left = 40, bottom = 18, top = 6;
+  const width = 900, height = 130, left = 40, bottom = 18, top = 6;
   const values = throughput.buckets.map((b) => b.cells_per_s);
   const max = Math.max(1, ...values);
   const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img",
@@ -377,6 +377,7 @@ function renderFov(preview) {
     return marker;
   });
   fov.replaceChildren(image, ...markers);
+  fov.classList.add("has-image");
   $("#marker-count").textContent = `${preview.centers.length} nuclei. Choose a marker to see its crops.`;
 }
 
@@ -559,7 +560,7 @@ function renderMap() {
   const column = $("#map-color").value;
   const values = (map.metadata[column] || map.x.map(() => null)).map((v) => (v === null ? "(missing)" : v));
   const { colours, ranked } = categories(values);
-  const width = 640, height = 440, pad = 24;
+  const width = 900, height = 440, pad = 28;
   const [minX, maxX] = [Math.min(...map.x), Math.max(...map.x)];
   const [minY, maxY] = [Math.min(...map.y), Math.max(...map.y)];
   const sx = (x) => pad + ((x - minX) / (maxX - minX || 1)) * (width - 2 * pad);
@@ -636,7 +637,8 @@ async function runEvaluation(event) {
       el("div", { class: "big", text: value }));
     box.replaceChildren(el("div", { class: "metrics", "data-testid": "eval-metrics" },
       card("mAP", fmt(result.mean_average_precision, 3)), card("Folds of enrichment", fmt(result.folds_of_enrichment, 2)),
-      card("Queries", result.n_queries)), result.message ? el("p", { class: "sub", text: result.message }) : null);
+      card("Queries", result.n_queries)));
+    if (result.message) box.append(el("p", { class: "sub", text: result.message }));
     renderCurve(result.precision_at_recall);
   } catch (error) {
     box.replaceChildren(el("p", { class: "status error", text: error.message }));
