@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +134,31 @@ def test_profiles_map_match_and_evaluation(
     shoot(browser, screenshots, "profiles")
     assert browser.execute_script("return window.__pwned") is None
     assert browser.execute_script("return document.querySelectorAll('img[src=\"x\"], main script').length") == 0
+
+
+def test_plate_jobs_show_their_progress(browser: Any, tmp_path: Path) -> None:
+    """The Service page lists ``GET /v1/plates`` (answered here by a stand-in route placed first)."""
+    from _servers import live_server
+    from _tiny_model import save_tiny_model
+    from cpcnn.service.app.main import create_app
+    from cpcnn.service.config import ApiSettings, WorkerTuning
+    from fastapi.routing import APIRoute
+
+    save_tiny_model(tmp_path / "models")
+    app = create_app(ApiSettings(env="dev", data_dir=tmp_path / "data", models_dir=tmp_path / "models",
+                                 worker=WorkerTuning(device="cpu", threads=1, max_wait_ms=5, slots=1)))
+    plate = {"id": "f" * 32, "status": "running", "created_at": "2026-01-01T00:00:00Z",
+             "progress": {"sites": 8, "done": 2, "failed": 1, "pending": 5, "cells": 82, "eta_s": 30.0}}
+
+    async def plates() -> dict[str, Any]:
+        return {"data": [plate], "count": 1}
+
+    app.router.routes.insert(0, APIRoute("/v1/plates", plates, methods=["GET"]))
+    with live_server(app) as url:
+        browser.get(f"{url}/ui#service")
+        wait_for(browser, "document.querySelector('[data-testid=plate-row]')")
+        row = by_testid(browser, "plate-row").text
+    assert "running" in row and "2 / 8 sites (25 %), 1 failed" in row and "82" in row and "30 s" in row
 
 
 def test_dark_theme_is_kept_and_readable(browser: Any, console_url: str, screenshots: Path) -> None:

@@ -220,25 +220,19 @@ async function renderPlates() {
   try {
     plates = await api("GET", "/v1/plates");
   } catch (error) {
-    fill(tbody, [], 4, error.status === 404 ? "No plate jobs on this server." : `Could not list plate jobs: ${error.message}`);
+    fill(tbody, [], 6, error.status === 404 ? "No plate jobs on this server." : `Could not list plate jobs: ${error.message}`);
     return;
   }
-  const items = Array.isArray(plates) ? plates : (plates.data || []);
-  const rows = items.map((plate) => el("tr", {}, td(plate.name || plate.plate || plate.id),
-    td(plate.status, `s-${plate.status}`), td(plateProgress(plate)), td(ago(plate.created_at))));
-  fill(tbody, rows, 4, "No plate jobs yet.");
-}
-
-function plateProgress(plate) {
-  const p = plate.progress;
-  if (p && typeof p === "object") {
-    const done = p.done ?? p.sites_done ?? p.completed;
-    const total = p.total ?? p.sites ?? p.n_sites;
-    if (done !== undefined && total) return `${done} / ${total} (${Math.round((100 * done) / total)} %)`;
-  }
-  if (typeof p === "number") return `${Math.round(p <= 1 ? p * 100 : p)} %`;
-  if (plate.sites_done !== undefined && plate.n_sites) return `${plate.sites_done} / ${plate.n_sites}`;
-  return "–";
+  const rows = (plates.data || []).map((plate) => {
+    const p = plate.progress || {};
+    const share = p.sites ? ` (${Math.round((100 * (p.done || 0)) / p.sites)} %)` : "";
+    const failed = p.failed ? `, ${p.failed} failed` : "";
+    return el("tr", { "data-testid": "plate-row" }, td(el("code", { text: String(plate.id).slice(0, 12), title: plate.id })),
+      td(plate.status, `s-${plate.status}`), td(`${p.done ?? "?"} / ${p.sites ?? "?"} sites${share}${failed}`),
+      td(p.cells, "num"), td(p.eta_s === null || p.eta_s === undefined ? "–" : `${fmt(p.eta_s, 0)} s`, "num"),
+      td(ago(plate.created_at)));
+  });
+  fill(tbody, rows, 6, "No plate jobs yet.");
 }
 
 function renderThroughput(throughput) {
