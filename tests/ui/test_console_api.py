@@ -77,6 +77,10 @@ def test_crop_preview_detects_nuclei_and_refuses_bad_requests(api: httpx.Client,
     too_many = api.post("/v1/crops/preview", files=site["files"],
                         data={"locations": locations, "cells": ",".join(map(str, range(17)))})
     assert too_many.status_code == 422 and "at most 16" in too_many.json()["detail"]
+    for bad in ("a", "-1", "9" * 40):
+        refused = api.post("/v1/crops/preview", files=site["files"], data={"locations": locations, "cells": bad})
+        assert refused.status_code == 422 and "comma-separated row numbers" in refused.json()["detail"]
+        assert len(refused.json()["detail"]) < 120
     no_cells = api.post("/v1/crops/preview", files=site["files"])
     assert no_cells.status_code == 422 and "no locations" in no_cells.json()["detail"]
     assert api.post("/v1/crops/preview", json={}).status_code == 415
@@ -102,6 +106,9 @@ def test_profile_map_pca_matches_numpy_and_carries_metadata(api: httpx.Client) -
     assert sampled["n_shown"] <= 10 and sampled["rows"][0] == 0
     assert api.get(f"/v1/tables/{stored['id']}/map", params={"max_rows": 1}).status_code == 422
     assert api.get(f"/v1/tables/{'0' * 32}/map").status_code == 404
+    empty = api.post("/v1/tables", files={"file": ("e.csv", b"Metadata_a,f1\nx,\ny,\n", "text/csv")}).json()
+    refused = api.get(f"/v1/tables/{empty['id']}/map")
+    assert refused.status_code == 422 and "every feature finite" in refused.json()["detail"]
     if "umap" not in shown["methods"]:
         refused = api.get(f"/v1/tables/{stored['id']}/map", params={"method": "umap"})
         assert refused.status_code == 422 and "umap-learn" in refused.json()["detail"]

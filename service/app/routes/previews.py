@@ -91,7 +91,7 @@ def parse_rows(text: str) -> list[int]:
     """``"3, 7"`` -> [3, 7]: bounded, non-negative, no repeats."""
     rows: list[int] = []
     for item in filter(None, (part.strip() for part in text.split(","))):
-        if not item.isdigit():
+        if not item.isdigit() or len(item) > 9:
             raise InputError(f"cells must be comma-separated row numbers, got {item[:20]!r}")
         if int(item) not in rows:
             rows.append(int(item))

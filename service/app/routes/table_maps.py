@@ -17,6 +17,7 @@ from cpcnn.service.profile_store import ProfileStore
 from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
+from cpcnn.errors import InputError
 from cpcnn.profiles.projection import pca_2d, spread_rows, umap_2d, umap_available
 from cpcnn.profiles.tables import feature_columns, feature_matrix, metadata_columns
 from cpcnn.schemas import ProfileMap
@@ -55,6 +56,9 @@ def build_map(profiles: ProfileStore, table_id: str, method: Literal["pca", "uma
     matrix = feature_matrix(table.iloc[rows], names)
     finite = np.isfinite(matrix).all(axis=1)
     rows, matrix = rows[finite], matrix[finite]
+    if len(rows) < 2:
+        raise InputError(f"a profile map needs 2 rows with every feature finite; this table has {len(rows)} "
+                         f"(of {len(table)})")
     explained = None
     if method == "umap":
         coords = umap_2d(matrix)
