@@ -178,6 +178,25 @@ def test_dark_theme_is_kept_and_readable(browser: Any, console_url: str, screens
     by_testid(browser, "theme-toggle").click()
 
 
+def test_pages_fit_a_small_laptop_screen(
+    browser: Any, console_url: str, screenshots: Path, stored_profiles: dict[str, Any]
+) -> None:
+    size = browser.get_window_size()
+    browser.set_window_size(1024, 640)
+    try:
+        for page in ("service", "try", "profiles"):
+            browser.get(f"{console_url}/ui#{page}")
+            wait_for(browser, f"!document.querySelector('#page-{page}').hidden")
+            if page == "profiles":
+                wait_for(browser, "document.querySelector('#map-table option')")
+                by_testid(browser, "map-submit").click()
+                wait_for(browser, "document.querySelector('[data-testid=map-point]')")
+            assert browser.execute_script("return document.documentElement.scrollWidth <= innerWidth"), page
+            shoot(browser, screenshots, f"{page}-1024")
+    finally:
+        browser.set_window_size(size["width"], size["height"])
+
+
 def test_keyboard_reaches_the_main_controls(browser: Any, console_url: str) -> None:
     browser.get(f"{console_url}/ui#try")
     from selenium.webdriver.common.action_chains import ActionChains

@@ -6,8 +6,8 @@
 const KEY_STORE = "cpcnn.apiKey";
 const THEME_STORE = "cpcnn.theme";
 const REFRESH_MS = 5000;
-const PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#9333ea", "#0891b2", "#db2777", "#65a30d",
-  "#7c3aed", "#ea580c", "#0d9488", "#4f46e5"];
+const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
+  "#17becf", "#393b79", "#f7b6d2", "#637939"];
 const OTHER_COLOUR = "#9ca3af";
 const SVG_NS = "http://www.w3.org/2000/svg";
 
