@@ -65,6 +65,7 @@ def test_upload_of_the_real_site_shows_41_nuclei_crops_and_the_result(
         by_testid(browser, f"file-{channel}").send_keys(str(SAMPLE / f"r03c03f03p01-{code}sk1fk1fl1.tiff"))
     by_testid(browser, "file-locations").send_keys(str(SAMPLE / "r03c03f03p01-Nuclei.csv"))
     by_testid(browser, "meta-plate").send_keys("BR00143976")
+    browser.find_element("css selector", "input[name=well]").send_keys(EVIL)
     by_testid(browser, "upload-submit").click()
     wait_for(browser, "document.querySelectorAll('[data-testid=nucleus-marker]').length >= 41", timeout=120)
     assert len(all_by_testid(browser, "nucleus-marker")) == 41
@@ -79,6 +80,10 @@ def test_upload_of_the_real_site_shows_41_nuclei_crops_and_the_result(
     assert captions == ["DNA", "RNA", "ER", "AGP", "Mito"]
     assert by_testid(browser, "try-status").text == ""
     shoot(browser, screenshots, "try")
+    browser.get(f"{console_url}/ui#service")
+    wait_for(browser, "document.querySelector('#recent-jobs code')")
+    assert f"BR00143976 / {EVIL}" in by_testid(browser, "recent-jobs").text  # the typed well, as text
+    assert browser.execute_script("return window.__pwned") is None
 
 
 def test_the_bundled_example_runs_with_one_click(browser: Any, console_url: str) -> None:
