@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
+import pandas as pd
 import pytest
 from _profiles_data import synthetic_profiles
 from _servers import REPO_ROOT, wait_ready
@@ -80,6 +83,17 @@ def test_upload_of_the_real_site_shows_41_nuclei_crops_and_the_result(
     assert captions == ["DNA", "RNA", "ER", "AGP", "Mito"]
     assert by_testid(browser, "try-status").text == ""
     shoot(browser, screenshots, "try")
+    job_id = browser.find_element("css selector", "[data-testid=job-facts] td").text
+    csv_text = browser.execute_async_script(
+        "const done = arguments[1]; api('GET', `/v1/jobs/${arguments[0]}/result?format=json`)"
+        ".then((r) => done(cellsCsv(r)), (e) => done(String(e)))", job_id)
+    shown = pd.read_csv(io.StringIO(csv_text), keep_default_na=False)
+    stored = pd.read_parquet(io.BytesIO(httpx.get(f"{console_url}/v1/jobs/{job_id}/result?format=parquet").content))
+    assert list(shown.columns) == list(stored.columns) and len(shown) == 41
+    np.testing.assert_allclose(shown.filter(like="efficientnet_").to_numpy(),
+                               stored.filter(like="efficientnet_").to_numpy(), rtol=1e-6)
+    assert list(shown["Metadata_ObjectNumber"]) == list(stored["Metadata_ObjectNumber"])
+    assert (shown["Metadata_Well"] == EVIL).all()
     browser.get(f"{console_url}/ui#service")
     wait_for(browser, "document.querySelector('#recent-jobs code')")
     assert f"BR00143976 / {EVIL}" in by_testid(browser, "recent-jobs").text  # the typed well, as text

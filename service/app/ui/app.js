@@ -47,7 +47,10 @@ function fill(tbody, rows, columns, emptyText) {
   for (const row of rows) tbody.append(row);
 }
 
-function td(value, cls) { return el("td", { class: cls }, value === null || value === undefined ? "–" : value); }
+function td(value, cls) {
+  const shown = value === null || value === undefined ? "–" : value;
+  return el("td", { class: cls, title: shown instanceof Node ? null : String(shown) }, shown);
+}
 
 function fmt(value, digits = 2) {
   if (value === null || value === undefined || Number.isNaN(value)) return "–";
@@ -428,6 +431,20 @@ function csvField(value) {
   return /[",\n\r]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
 }
 
+// A job's JSON result as the columns of `cpcnn embed` (Metadata_*, then the features).
+function cellsCsv(result) {
+  const meta = ["Metadata_Plate", "Metadata_Well", "Metadata_Site"];
+  const header = [...meta, "Metadata_Model", "Metadata_ObjectNumber", "Metadata_Nuclei_Location_Center_X",
+    "Metadata_Nuclei_Location_Center_Y", ...Array.from({ length: result.feature_size }, (_, i) => `${result.feature_prefix}_${i}`)];
+  const lines = [header.map(csvField).join(",")];
+  result.features.forEach((row, i) => {
+    const number = result.object_numbers ? result.object_numbers[i] : i + 1;
+    lines.push([...meta.map((m) => result.metadata[m] || ""), result.model, number, ...result.locations[i], ...row]
+      .map(csvField).join(","));
+  });
+  return lines.join("\n") + "\n";
+}
+
 async function download(job, format) {
   let blob;
   if (format === "parquet") {
@@ -435,16 +452,7 @@ async function download(job, format) {
     blob = await response.blob();
   } else {
     const result = await api("GET", `/v1/jobs/${job.id}/result?format=json`);
-    const meta = ["Metadata_Plate", "Metadata_Well", "Metadata_Site"];
-    const header = [...meta, "Metadata_Model", "Metadata_ObjectNumber", "Metadata_Nuclei_Location_Center_X",
-      "Metadata_Nuclei_Location_Center_Y", ...Array.from({ length: result.feature_size }, (_, i) => `${result.feature_prefix}_${i}`)];
-    const lines = [header.map(csvField).join(",")];
-    result.features.forEach((row, i) => {
-      const number = result.object_numbers ? result.object_numbers[i] : i + 1;
-      lines.push([...meta.map((m) => result.metadata[m] || ""), result.model, number, ...result.locations[i], ...row]
-        .map(csvField).join(","));
-    });
-    blob = new Blob([lines.join("\n") + "\n"], { type: "text/csv" });
+    blob = new Blob([cellsCsv(result)], { type: "text/csv" });
   }
   const link = el("a", { href: URL.createObjectURL(blob), download: `${job.id}-cells.${format}` });
   document.body.append(link);
