@@ -136,6 +136,12 @@ def test_profiles_map_match_and_evaluation(
     assert len(all_by_testid(browser, "map-point")) == stored_profiles["table"]["n_rows"]
     legend = [item.text for item in all_by_testid(browser, "legend-item")]
     assert any(text.startswith("(missing)") for text in legend) and any(EVIL in text for text in legend)
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(browser).move_to_element(all_by_testid(browser, "map-point")[-1]).perform()
+    wait_for(browser, "!document.querySelector('#map-tip').hidden")
+    tip = browser.find_element("id", "map-tip").text
+    assert f"row {stored_profiles['table']['n_rows'] - 1}" in tip and f"Metadata_moa: {EVIL}" in tip
 
     by_testid(browser, "match-submit").click()
     wait_for(browser, "document.querySelectorAll('[data-testid=match-row]').length > 0")

@@ -576,10 +576,13 @@ function renderMap() {
   chart.append(svg("text", { x: width - pad, y: height - 6, "text-anchor": "end" }, axis[0]));
   chart.append(svg("text", { x: 4, y: pad - 8 }, axis[1]));
   const tip = $("#map-tip");
+  // Hover labels: the colouring column first, then the table's other metadata (8 at most).
+  const labelled = [column, ...Object.keys(map.metadata).filter((name) => name !== column)]
+    .filter((name) => name in map.metadata).slice(0, 8);
   map.x.forEach((x, i) => {
     const dot = svg("circle", { cx: sx(x), cy: sy(map.y[i]), r: 4.5, fill: colours.get(values[i]) || OTHER_COLOUR,
       "data-testid": "map-point" });
-    const label = Object.entries(map.metadata).slice(0, 8).map(([name, v]) => `${name}: ${v === null ? "–" : v}`);
+    const label = labelled.map((name) => `${name}: ${map.metadata[name][i] ?? "–"}`);
     const text = [`row ${map.rows[i]}`, ...label].join("\n");
     dot.append(svg("title", {}, text));
     dot.addEventListener("mousemove", (event) => {
