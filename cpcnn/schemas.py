@@ -443,3 +443,83 @@ class PlatePublic(BaseModel):
 
 class PlateList(BaseModel):
     data: list[PlatePublic]
+# -- the service at a glance: workers, recent jobs, throughput -------------------------------------
+
+
+class WorkerList(BaseModel):
+    """Live workers (those whose heartbeat is recent) and the queue they serve."""
+
+    data: list[WorkerPublic]
+    count: int
+    queue: Literal["embedded", "redis"]
+    queue_depth: int | None = Field(description="jobs waiting for a worker; null when the queue did not answer")
+
+
+class JobList(BaseModel):
+    """The most recently updated jobs, newest first."""
+
+    data: list[JobPublic]
+    count: int
+    total: int = Field(description="jobs stored on the server")
+
+
+class ThroughputBucket(BaseModel):
+    start: datetime
+    cells: int
+    jobs: int
+    cells_per_s: float
+
+
+class Throughput(BaseModel):
+    """Cells of the jobs that finished in each of the last minutes (by their finish time)."""
+
+    bucket_s: int
+    buckets: list[ThroughputBucket] = Field(description="oldest first; the last one is still filling")
+    cells_per_s: float = Field(description="over the whole window")
+
+
+# -- pictures for the console: crop previews and profile maps ---------------------------------------
+
+#: Most cells whose crops one preview request returns.
+MAX_PREVIEW_CROPS = 16
+
+
+class CellCrops(BaseModel):
+    """One cell's crops as the network sees them (after normalization), one PNG per channel."""
+
+    index: int = Field(description="row in the site's locations, 0-based")
+    object_number: int
+    x: float
+    y: float
+    channels: dict[str, str] = Field(description="channel -> data:image/png;base64 URL, 8-bit grayscale")
+
+
+class CropPreview(BaseModel):
+    """A field of view as a person sees it: the nuclei, a false-colour composite and chosen cells' crops."""
+
+    width: int
+    height: int
+    channels: list[str]
+    crop_size: int
+    normalization: str
+    centers: list[tuple[float, float]] = Field(description="[x, y] per nucleus, x = column, y = row")
+    object_numbers: list[int]
+    composite: str | None = Field(default=None, description="data:image/png;base64 URL, downscaled")
+    composite_scale: int = Field(default=1, description="image pixels per composite pixel")
+    crops: list[CellCrops] = Field(default_factory=list)
+
+
+class ProfileMap(BaseModel):
+    """A table's profiles in 2-D, with every row's metadata for colouring and labels."""
+
+    table_id: str
+    method: Literal["pca", "umap"]
+    n_rows: int = Field(description="rows in the table")
+    n_shown: int = Field(description="rows in the map (evenly spaced when the table is larger than max_rows)")
+    n_dropped_non_finite: int = Field(description="rows left out for a missing or infinite feature")
+    explained_variance: list[float] | None = Field(default=None, description="PCA: ratio per component")
+    x: list[float]
+    y: list[float]
+    rows: list[int] = Field(description="row number of each point in the table, 0-based")
+    metadata: dict[str, list[str | None]] = Field(description="Metadata_* column -> value per point, as text")
+    methods: list[str] = Field(description="methods this server can compute")

@@ -200,6 +200,20 @@ class JobStore:
     def ids(self) -> list[str]:
         return sorted(p.name for p in self.jobs_dir.iterdir() if _JOB_ID.fullmatch(p.name))
 
+    def recent(self, *, limit: int, since: float | None = None) -> list[str]:
+        """Ids of the ``limit`` jobs whose state changed last, newest first (optionally only those changed
+        after the epoch time ``since``); one ``stat`` per job, no file read."""
+        stamped: list[tuple[float, str]] = []
+        for job_id in self.ids():
+            try:
+                changed = (self.jobs_dir / job_id / "state.json").stat().st_mtime
+            except OSError:
+                continue  # deleted meanwhile
+            if since is None or changed >= since:
+                stamped.append((changed, job_id))
+        stamped.sort(reverse=True)
+        return [job_id for _, job_id in stamped[:limit]]
+
     def prune(self, *, max_age_s: float) -> int:
         """Delete finished jobs older than ``max_age_s``; returns how many went."""
         cutoff = time.time() - max_age_s

@@ -38,8 +38,10 @@ from cpcnn.client._tables import (
 )
 from cpcnn.schemas import (
     CellsResult,
+    CropPreview,
     Evaluation,
     Health,
+    JobList,
     JobPublic,
     LibraryList,
     LibraryPublic,
@@ -49,11 +51,14 @@ from cpcnn.schemas import (
     PlateList,
     PlatePublic,
     PlateStatus,
+    ProfileMap,
     Readiness,
     TableList,
     TablePublic,
+    Throughput,
     TransformList,
     TransformPublic,
+    WorkerList,
 )
 
 if TYPE_CHECKING:
@@ -293,6 +298,30 @@ class Client(BaseClient[httpx.BaseTransport]):
         """One done site's cells; ``site`` is its ``Plate__Well__Site`` name."""
         response = self._send("GET", f"/v1/plates/{plate_id}/cells/{site}", params={"format": "parquet"})
         return parquet_table(response.content)
+    def recent_jobs(self, *, limit: int = 20) -> list[JobPublic]:
+        """The jobs whose state changed last, newest first (at most 200)."""
+        response = self._send("GET", "/v1/jobs", params={"limit": limit})
+        return JobList.model_validate_json(response.content).data
+
+    def preview_crops(
+        self,
+        images: ImagesInput,
+        locations: Any = None,
+        *,
+        cells: Sequence[int] = (),
+        composite: bool = True,
+        detect_nuclei: bool = False,
+        model: str | None = None,
+        normalization: str | None = None,
+        channel_order: Sequence[str] | str | None = None,
+    ) -> CropPreview:
+        """A field of view without a job: its nuclei, a false-colour composite (PNG data URL) and the
+        normalized crops of the ``cells`` rows (at most 16), one 8-bit PNG per channel."""
+        upload = self.build_upload(Site(images, locations, None, channel_order), model, detect_nuclei=detect_nuclei,
+                                   normalization=normalization)
+        upload.data["composite"] = "true" if composite else "false"
+        upload.data["cells"] = ",".join(str(int(row)) for row in cells)
+        return self._parse(CropPreview, "POST", "/v1/crops/preview", upload=upload)
 
     # -- profiles: tables, sphering, libraries, evaluation --------------------------------------
 
@@ -319,6 +348,17 @@ class Client(BaseClient[httpx.BaseTransport]):
         """A stored table's rows."""
         response = self._send("GET", f"/v1/tables/{ref(table_id, 'table')}/data", params={"format": "parquet"})
         return parquet_table(response.content)
+
+    def table_map(
+        self, table_id: Any, *, method: Literal["pca", "umap"] = "pca", max_rows: int = 5000,
+        features: FeaturesInput = None,
+    ) -> ProfileMap:
+        """A stored table's profiles in 2-D (PCA; UMAP when the server has umap-learn) with their metadata."""
+        params: dict[str, Any] = {"method": method, "max_rows": max_rows}
+        if features is not None:
+            params["features"] = [features] if isinstance(features, str) else list(features)
+        response = self._send("GET", f"/v1/tables/{ref(table_id, 'table')}/map", params=params)
+        return ProfileMap.model_validate_json(response.content)
 
     def delete_table(self, table_id: Any) -> None:
         self._send("DELETE", f"/v1/tables/{ref(table_id, 'table')}")
@@ -432,6 +472,15 @@ class Client(BaseClient[httpx.BaseTransport]):
 
     def model(self, name: str) -> ModelPublic:
         return self._parse(ModelPublic, "GET", f"/v1/models/{name}")
+
+    def workers(self) -> WorkerList:
+        """Live workers (host, provider, models, batch size, last heartbeat) and the queue depth."""
+        return self._parse(WorkerList, "GET", "/v1/workers")
+
+    def throughput(self, *, minutes: int = 10) -> Throughput:
+        """Cells of the jobs that finished in each of the last ``minutes`` (1 to 60)."""
+        response = self._send("GET", "/v1/throughput", params={"minutes": minutes})
+        return Throughput.model_validate_json(response.content)
 
     def health(self) -> Health:
         return self._parse(Health, "GET", "/healthz")

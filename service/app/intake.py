@@ -82,7 +82,7 @@ def prepare(sub: Submission, job_id: str, manifest: ModelManifest, limits: Limit
     """Decode and validate -> (spec, image to store, cell locations or None when nuclei will be detected)."""
     if sub.normalization is not None and sub.normalization not in NORMALIZATIONS:
         raise InputError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {sub.normalization!r}")
-    image = _read_image(sub, manifest, limits)
+    image = read_image(sub, manifest, limits)
     height, width = image.shape[:2]
     cells: Locations | None = None
     if sub.locations is not None:
@@ -105,7 +105,7 @@ def prepare(sub: Submission, job_id: str, manifest: ModelManifest, limits: Limit
     return spec, _compact(image), cells
 
 
-def _read_image(sub: Submission, manifest: ModelManifest, limits: Limits) -> np.ndarray:
+def read_image(sub: Submission, manifest: ModelManifest, limits: Limits) -> np.ndarray:
     if sub.stack is not None and sub.channels:
         raise InputError("send either one part per channel or one multi-channel 'image' part, not both")
     if sub.stack is not None:

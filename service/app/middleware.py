@@ -19,6 +19,9 @@ from cpcnn.schemas import API_KEY_HEADER, Problem
 
 #: Paths anyone may call (a load balancer's probes); everything else needs the key when one is set.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+#: The web console's static files: no data in them; the page sends the key with each API call.
+CONSOLE_PATHS = frozenset({"/", "/ui"})
+CONSOLE_PREFIX = "/ui/"
 _KEY_HEADER = API_KEY_HEADER.lower().encode("latin-1")
 
 
@@ -42,7 +45,8 @@ def header(scope: Scope, name: bytes) -> bytes | None:
 
 
 class ApiKeyGate:
-    """401 for every path but ``PUBLIC_PATHS`` (and ``/metrics`` when public) without the right key.
+    """401 for every path but ``PUBLIC_PATHS``, the console's files (and ``/metrics`` when public) without
+    the right key.
 
     Runs before routing and before any body byte is read; the answer closes the connection so an
     unauthenticated upload is not drained either.
@@ -65,7 +69,8 @@ class ApiKeyGate:
         await response(scope, _no_receive, send)
 
     def _public(self, path: str) -> bool:
-        return path in PUBLIC_PATHS or (path == "/metrics" and self.metrics_public())
+        return (path in PUBLIC_PATHS or path in CONSOLE_PATHS or path.startswith(CONSOLE_PREFIX)
+                or (path == "/metrics" and self.metrics_public()))
 
 
 class TrustedHosts:

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 CONTRACT = Path(__file__).resolve().parents[2] / "openapi" / "openapi.json"
-TARGETS = r"^/v1/(jobs|tables|transforms|evaluate|libraries/\{library_id\}/match)$"
+TARGETS = r"^/v1/(jobs|crops/preview|tables|transforms|evaluate|libraries/\{library_id\}/match)$"
 
 #: Table ids uploaded by the fixture (content hashes), for the bodies that refer to a table.
 TABLES: dict[str, str] = {}
@@ -130,6 +130,9 @@ def flatmap_body(context: Any, body: Any) -> st.SearchStrategy[Any]:
     path = context.operation.path
     if path == "/v1/jobs":
         return _job_parts(body)
+    if path == "/v1/crops/preview":
+        cells = st.sampled_from(["", "0", "0,1", "999", "-1", "1,,1", "9" * 40, ",".join(map(str, range(20)))])
+        return st.tuples(_job_parts(body), cells).map(lambda pair: {**pair[0], "cells": pair[1]})
     if path == "/v1/tables":
         return _table_upload(body)
     return _profile_body(path, body)

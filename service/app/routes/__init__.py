@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
-from cpcnn.service.app.routes import evaluation, health, jobs, libraries, models, plates, tables, transforms
+from cpcnn.service.app.routes import (
+    evaluation,
+    health,
+    jobs,
+    libraries,
+    models,
+    plates,
+    previews,
+    status,
+    table_maps,
+    tables,
+    transforms,
+    ui,
+)
 from fastapi import APIRouter
 
 #: Resource routers served under /v1 (a new resource = one module + one entry).
 V1_ROUTERS: list[APIRouter] = [
-    jobs.router, models.router, tables.router, transforms.router, libraries.router, evaluation.router,
-    plates.router,
+    jobs.router, models.router, tables.router, table_maps.router, transforms.router, libraries.router,
+    evaluation.router, status.router, previews.router, plates.router,
 ]
 
-#: Unversioned operational endpoints (/healthz, /readyz, /metrics).
-ROOT_ROUTERS: list[APIRouter] = [health.router]
+#: Unversioned endpoints: operations (/healthz, /readyz, /metrics) and the web console (/ui, / redirects).
+ROOT_ROUTERS: list[APIRouter] = [health.router, ui.router]

@@ -35,6 +35,7 @@ from cpcnn.schemas import (
     MEDIA_PARQUET,
     RESULT_FORMATS,
     CellsResult,
+    JobList,
     JobPublic,
     JobStatus,
 )
@@ -45,6 +46,8 @@ router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[ApiKeyDep])
 MAX_WAIT_S = 300.0
 _FILE_PARTS = {*CHANNELS, "image", "locations"}
 _FORM_FIELDS = {"channel_order", "plate", "well", "site", "model", "normalization", "detect_nuclei"}
+#: Most jobs one listing returns.
+MAX_LIST = 200
 
 @router.post(
     "",
@@ -109,6 +112,24 @@ async def create_job(
     if job.status.finished:
         response.status_code = 200
     return job
+
+
+@router.get("", response_model=JobList, summary="Recent jobs, newest first", responses=problem_responses(401, 422))
+async def list_jobs(
+    jobs: JobStoreDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST, description="most jobs to return")] = 20,
+) -> JobList:
+    return await run_in_threadpool(_recent_jobs, jobs, limit)
+
+
+def _recent_jobs(jobs: JobStore, limit: int) -> JobList:
+    listed = []
+    for job_id in jobs.recent(limit=limit):
+        try:
+            listed.append(jobs.public(job_id))
+        except (NotFoundError, ValueError):
+            continue  # deleted (or being written) meanwhile
+    return JobList(data=listed, count=len(listed), total=len(jobs.ids()))
 
 
 @router.get("/{job_id}", response_model=JobPublic, summary="Job status", responses=problem_responses(401, 404))
