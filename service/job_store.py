@@ -26,11 +26,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from cpcnn.service.durable import STALE_TEMPORARY_S, remove_stale, replace_durably, write_bytes_durably
 from pydantic import BaseModel, Field
 
 from cpcnn._types import F32Array, F64Array, I64Array
 from cpcnn.errors import NotFoundError
+from cpcnn.io.durable import STALE_TEMPORARY_S, remove_stale, replace_durably, write_bytes_durably
 from cpcnn.locations import Locations
 from cpcnn.schemas import ImageInfo, JobLinks, JobPublic, JobStatus, Problem
 

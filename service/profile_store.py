@@ -33,9 +33,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from cpcnn.service.durable import STALE_TEMPORARY_S, remove_stale, replace_durably
 
 from cpcnn.errors import InputError, NotFoundError
+from cpcnn.io.durable import STALE_TEMPORARY_S, remove_stale, replace_durably
 from cpcnn.profiles import Library, Sphering
 from cpcnn.profiles.sphering import read_sphering_info
 from cpcnn.profiles.tables import ROW_GROUP_ROWS, check_finite, feature_columns, is_metadata, metadata_columns

@@ -1,4 +1,5 @@
-"""Crash-safe files for the data directory: write a temporary, fsync it, rename it, fsync the folder.
+"""Crash-safe files (the service's data directory, plate outputs): write a temporary, fsync it, rename
+it, fsync the folder.
 
 A rename alone is atomic but not durable: after a power loss or a kernel crash the new name can
 point at a file whose data never reached the disk (a zero-length ``state.json``, a truncated
@@ -18,6 +19,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -81,6 +83,20 @@ def write_bytes_durably(path: Path, data: bytes) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     fsync_path(path.parent)
+
+
+def write_durably(path: Path, write: Callable[[Path], object]) -> Path:
+    """``write(temporary)`` then rename it onto ``path``: a killed writer leaves only a dot-named
+    temporary, never a partial ``path`` (for writers that need a file name, e.g. Parquet)."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        replace_durably(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def remove_stale(folder: Path, *, max_age_s: float = STALE_TEMPORARY_S, depth: int = 0) -> int:
