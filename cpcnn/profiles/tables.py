@@ -29,7 +29,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from cpcnn._types import F32Array
-from cpcnn.errors import InputError
+from cpcnn.errors import InputError, PayloadTooLarge
 from cpcnn.profiles import _npz
 
 logger = logging.getLogger(__name__)
@@ -333,15 +333,37 @@ def check_csv_rows(source: CsvSource, n_columns: int, *, what: str) -> None:
         )
 
 
-def read_csv_table(source: CsvSource, *, what: str) -> pd.DataFrame:
-    """CSV (path, ``.csv.gz`` path or bytes) -> DataFrame; duplicate header names or ragged rows are errors."""
+def read_csv_table(
+    source: CsvSource,
+    *,
+    what: str,
+    columns: Sequence[str] | None = None,
+    text_columns: Sequence[str] = (),
+    max_rows: int | None = None,
+) -> pd.DataFrame:
+    """CSV (path, ``.csv.gz`` path or bytes) -> DataFrame; duplicate header names or ragged rows are errors.
+
+    ``columns`` reads only those (memory stays bounded on wide tables), ``text_columns`` are kept as
+    written (``"01"`` stays ``"01"``), and more than ``max_rows`` rows is PayloadTooLarge.
+    """
     header = csv_header(source, what=what)
     try:
         check_csv_rows(source, len(header), what=what)
     except pa.ArrowInvalid as exc:
         raise InputError(f"{what}: unreadable CSV ({str(exc).splitlines()[0][:200]})") from exc
     with _open_csv(source) as handle:
-        return pd.read_csv(handle, encoding="utf-8", low_memory=False, index_col=False)
+        table = pd.read_csv(
+            handle,
+            encoding="utf-8",
+            low_memory=False,
+            index_col=False,
+            usecols=None if columns is None else list(columns),
+            dtype={name: str for name in text_columns} or None,
+            nrows=None if max_rows is None else max_rows + 1,
+        )
+    if max_rows is not None and len(table) > max_rows:
+        raise PayloadTooLarge(f"{what}: more than {max_rows} rows is over the limit of {max_rows}")
+    return table
 
 
 def _read_one(path: Path) -> pd.DataFrame:
