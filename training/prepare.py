@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
-import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -34,6 +32,7 @@ from tqdm import tqdm
 from cpcnn._types import CHANNELS, F32Array
 from cpcnn.errors import InputError
 from cpcnn.illum import DEFAULT_DOWNSAMPLE, DEFAULT_FILTER_SIZE, MeanImage, illum_from_mean, read_illum
+from cpcnn.io.durable import write_bytes_durably
 from cpcnn.io.images import read_channel
 from cpcnn.plates.sites import SiteSpec, file_safe
 
@@ -219,14 +218,7 @@ def _write_images(jobs: list[_ImageJob]) -> int:
 def _write_atomically(path: Path, data: bytes) -> None:
     """A killed run leaves a dot-named temporary, never a partial file under the final name."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        with open(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
+    write_bytes_durably(path, data)
 
 
 # --- the run ----------------------------------------------------------------------------------------------
