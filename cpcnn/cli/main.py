@@ -1,6 +1,6 @@
 """``cpcnn`` entry point: build the parser from each command group, run, turn errors into one line.
 
-The domain's own commands (``embed`` and the profiles workflow) live in this package. The layers above
+The domain's own commands (``embed``, the profiles workflow and ``synth``) live in this package. The layers above
 it (``serve``/``worker``, ``models``, ``train``) own their commands and announce them as entry points in
 the ``cpcnn.commands`` group (see pyproject.toml); this module finds them through the installed package's
 metadata and never imports a layer above the domain itself.
@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 
 from cpcnn import __version__
-from cpcnn.cli import embed_cmds, profiles_cmds
+from cpcnn.cli import embed_cmds, profiles_cmds, synth_cmds
 from cpcnn.errors import CpcnnError
 
 #: Entry-point group through which installed layers add command groups: ``name = "module:register"``.
@@ -27,7 +27,7 @@ Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], Non
 def command_groups() -> list[Register]:
     """The domain's ``register`` functions, then each installed layer's, in entry-point name order."""
     layers = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda point: point.name)
-    return [embed_cmds.register, profiles_cmds.register, *(point.load() for point in layers)]
+    return [embed_cmds.register, profiles_cmds.register, synth_cmds.register, *(point.load() for point in layers)]
 
 
 def build_parser() -> argparse.ArgumentParser:
