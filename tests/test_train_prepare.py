@@ -157,8 +157,9 @@ def test_missing_illum_columns_and_platemap_problems_are_named(tmp_path: Path) -
 
 
 def test_synthetic_screen_function_recovers_the_shading_and_flattens_sites(tmp_path: Path) -> None:
-    from cpcnn.synth.plate import write_screen
     from cpcnn.training.data import read_index
+
+    from cpcnn.synth.plate import write_screen
 
     screen = write_screen(tmp_path / "screen", wells=12, sites=2, cells_per_site=30, size=256)
     out = tmp_path / "out"
@@ -182,8 +183,11 @@ def test_synthetic_screen_function_recovers_the_shading_and_flattens_sites(tmp_p
         assert np.corrcoef(computed.ravel(), truth.ravel())[0, 1] > 0.8, channel
         pngs = [read_channel(s.images[channel]) for s in sites]
         assert min(p.min() for p in pngs) == 0 and max(p.max() for p in pngs) == 255
-        raw_mean = np.mean([read_channel(p) for p in sorted(screen.root.glob(f"images/*/*_{channel}.tiff"))], axis=0)
+        raw_mean = np.mean(
+            [read_channel(p) for p in sorted(screen.root.glob(f"images/*/*_{channel}.tiff"))], axis=0
+        )
         flat_mean = np.mean(pngs, axis=0)
-        assert abs(np.corrcoef(flat_mean[inner].ravel(), truth[inner].ravel())[0, 1]) < 0.5 * np.corrcoef(
-            raw_mean[inner].ravel(), truth[inner].ravel()
-        )[0, 1], channel
+        assert (
+            abs(np.corrcoef(flat_mean[inner].ravel(), truth[inner].ravel())[0, 1])
+            < 0.5 * np.corrcoef(raw_mean[inner].ravel(), truth[inner].ravel())[0, 1]
+        ), channel
