@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -45,6 +44,9 @@ SCALING_FORMAT = "cpcnn-prepare/1"
 SAMPLE_PIXELS = 2_000_000
 MIN_SAMPLE_PER_IMAGE = 1000
 _SAMPLE_SEED = 0
+#: zlib level of the PNGs: on 1080 x 1080 Cell Painting planes level 1 encodes 5x faster than the
+#: default for files 12% larger (83 vs 448 ms, 496 vs 441 kB).
+PNG_LEVEL = 1
 KEY_COLUMNS = ("Metadata_Plate", "Metadata_Well", "Metadata_Site")
 LOCATIONS_COLUMN = "locations"
 
@@ -157,7 +159,9 @@ class _ChannelStats:
     samples: F32Array  # (images, k) raw values at the positions
 
 
+@lru_cache(maxsize=4)
 def _sample_positions(shape: tuple[int, int], per_image: int) -> np.ndarray:
+    """The plate's sampled pixels (flat indices, sorted): the same in every image and every process."""
     n = shape[0] * shape[1]
     if per_image >= n:
         return np.arange(n)
@@ -211,7 +215,7 @@ def _write_images(jobs: list[_ImageJob]) -> int:
             values /= _illum_function(job.illum, (int(plane.shape[0]), int(plane.shape[1])))
         scaled = (values - np.float32(job.low)) * np.float32(255.0 / (job.high - job.low))
         pixels = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-        _write_atomically(job.target, imagecodecs.png_encode(pixels))
+        _write_atomically(job.target, imagecodecs.png_encode(pixels, level=PNG_LEVEL))
     return len(jobs)
 
 
@@ -279,8 +283,7 @@ def prepare(
     by_plate: dict[str, list[PrepSite]] = {}
     for site in usable:
         by_plate.setdefault(site.spec.plate, []).append(site)
-    context = multiprocessing.get_context("spawn")
-    pool: Executor = _Inline() if workers == 1 else ProcessPoolExecutor(workers, mp_context=context)
+    pool: Executor = _Inline() if workers == 1 else ProcessPoolExecutor(workers)
     with pool:
         for plate, plate_sites in by_plate.items():
             result.scaling[plate] = _prepare_plate(
