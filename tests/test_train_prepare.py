@@ -89,6 +89,19 @@ def test_rerun_skips_finished_images_and_redoes_a_missing_one(tmp_path: Path) ->
     assert nothing.images_written == 0  # type: ignore[attr-defined]
 
 
+def test_rerun_recomputes_a_removed_function(tmp_path: Path) -> None:
+    plate = write_plate(tmp_path / "plate", wells=("A01",), sites=1)
+    out = tmp_path / "out"
+    settings = PrepareSettings(illum="compute", filter_size=40)
+    _run(plate.root, out, settings=settings)
+    function = out / "illum" / "P1" / "P1_IllumAGP.npy"
+    before = function.read_bytes()
+    function.unlink()
+    (out / "images" / "P1" / "A01_s1_AGP.png").unlink()
+    assert _run(plate.root, out, settings=settings).images_written == 1  # type: ignore[attr-defined]
+    assert function.read_bytes() == before
+
+
 def test_worker_processes_write_the_same_bytes(tmp_path: Path) -> None:
     plate = write_plate(tmp_path / "plate", wells=("A01", "B01"), sites=2)
     _run(plate.root, tmp_path / "one", workers=1, settings=PrepareSettings(illum="compute", filter_size=40))

@@ -389,7 +389,7 @@ def _prepare_plate(
     result.images_done_before += len(sites) * len(settings.channels) - len(todo)
     scaling_path = out / "illum" / file_safe(plate) / "scaling.json"
     fingerprint = {**asdict(settings), "illum": mode, "channels": list(settings.channels)}
-    saved = _read_scaling(scaling_path, fingerprint)
+    saved = _read_scaling(scaling_path, fingerprint, out)
     if not todo:
         return saved or {}
     scaling = (
@@ -431,7 +431,7 @@ def _illum_file(
     return None
 
 
-def _read_scaling(path: Path, fingerprint: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+def _read_scaling(path: Path, fingerprint: dict[str, Any], out: Path) -> dict[str, dict[str, Any]] | None:
     """A previous run's percentiles when it used the same settings (else None: recompute)."""
     if not path.is_file():
         return None
@@ -441,7 +441,10 @@ def _read_scaling(path: Path, fingerprint: dict[str, Any]) -> dict[str, dict[str
         return None
     if saved.get("format") != SCALING_FORMAT or saved.get("settings") != json.loads(json.dumps(fingerprint)):
         return None
-    return saved["channels"]
+    channels: dict[str, dict[str, Any]] = saved["channels"]
+    if any(entry["illum"] and not (out / entry["illum"]).is_file() for entry in channels.values()):
+        return None  # a computed function was removed: compute it (and the percentiles) again
+    return channels
 
 
 def _results(pool: Executor, fn: Callable[..., T], calls: Sequence[tuple[Any, ...]]) -> Iterator[T]:
