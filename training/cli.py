@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from cpcnn.training.arch import CNN1_NUM_CLASSES
@@ -84,6 +85,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     init.add_argument("--num-classes", type=int, default=CNN1_NUM_CLASSES)
     init.add_argument("--imagenet-weights", type=Path, help="start the backbone from ImageNet weights")
     init.set_defaults(func=cmd_init)
+
+    _add_prepare(sub)
+    _add_select(sub)
 
 
 def _log_progress(args: argparse.Namespace) -> None:
@@ -175,4 +179,112 @@ def cmd_init(args: argparse.Namespace) -> int:
         config={"init": init, "seed": args.seed, "train": config.model_dump(mode="json")},
     )
     print(f"wrote {path} ({init} init, seed {args.seed}, {args.num_classes} classes)")
+    return 0
+
+
+def _add_select(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    select = sub.add_parser(
+        "select",
+        help="rank treatments by strength from well profiles (to train on the strongest N)",
+        description="Per plate: control median, each well's distance to it z-scored against the control "
+        "wells' distances; strength = mean z over a treatment's wells. Writes OUT/ranked.csv "
+        "(and OUT/kept.csv with --top).",
+    )
+    select.add_argument("--profiles", type=Path, required=True, help="well profiles (Parquet or CSV)")
+    select.add_argument("--treatment", required=True, help="treatment column, e.g. Metadata_Treatment")
+    select.add_argument("--controls", required=True, help="control wells, COLUMN=VALUE (e.g. Metadata_Treatment=DMSO)")
+    select.add_argument("--metric", choices=("cosine", "euclidean"), default="cosine")
+    select.add_argument("--features", help="feature columns (names or globs, comma-separated; default all)")
+    select.add_argument("--top", type=int, help="also write OUT/kept.csv with the strongest N treatments")
+    select.add_argument(
+        "--index", type=Path, help="with --top: write OUT/index.csv, this training index's rows of the kept "
+        "treatments and the controls (a ready --index for 'cpcnn train run')"
+    )
+    select.add_argument("--out", type=Path, required=True, help="output folder")
+    select.set_defaults(func=cmd_select)
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from cpcnn.training.select import keep_in_index, rank_treatments, write_ranking
+
+    from cpcnn.profiles import read_profiles
+
+    if args.top is not None and args.top < 1:
+        raise InputError(f"--top must be at least 1, got {args.top}")
+    if args.index is not None and args.top is None:
+        raise InputError("--index needs --top: it keeps the rows of the strongest N treatments")
+    wells = read_profiles(args.profiles, features=args.features)
+    ranked = rank_treatments(
+        wells, treatment=args.treatment, controls=args.controls, metric=args.metric, features=args.features
+    )
+    paths = write_ranking(ranked, args.out, top=args.top)
+    shown = ", ".join(f"{t} ({z:.2f})" for t, z in zip(ranked[args.treatment][:5], ranked["strength_z"][:5], strict=False))
+    print(f"ranked {len(ranked)} treatments, strongest: {shown} -> {', '.join(map(str, paths))}")
+    if args.index is not None:
+        path, rows = keep_in_index(
+            args.index, ranked.head(args.top), args.out / "index.csv", treatment=args.treatment, controls=args.controls
+        )
+        print(f"{rows} sites of the kept treatments and the controls -> {path}")
+    return 0
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from cpcnn.illum import DEFAULT_DOWNSAMPLE, DEFAULT_FILTER_SIZE
+
+    prepare = sub.add_parser(
+        "prepare",
+        help="illumination-correct and rescale plate images into 8-bit PNGs plus a training index",
+        description="Per plate and channel: compute an illumination function (CellProfiler's recipe) or use "
+        "the ones a LoadData CSV names, divide by it, stretch the plate's 0.05-99.95 percentiles to 0..255 "
+        "and write OUT/images/<Plate>/<Well>_s<Site>_<Ch>.png and OUT/index.csv. Reruns skip finished images.",
+    )
+    source = prepare.add_mutually_exclusive_group(required=True)
+    source.add_argument("--load-data", type=Path, help="LoadData CSV naming each site's images (and illum files)")
+    source.add_argument("--index", type=Path, help="an existing training index (one row per site)")
+    prepare.add_argument("--locations", type=Path, help="with --load-data: the plate's nuclei table or folder")
+    prepare.add_argument("--platemap", type=Path, help="CSV: Metadata_Well (optionally Metadata_Plate) + labels")
+    prepare.add_argument("--label", default=_DEFAULTS.label, help="with --index: its class column (default %(default)s)")
+    prepare.add_argument(
+        "--illum",
+        choices=("auto", "compute", "given", "none"),
+        default="auto",
+        help="illumination functions: the LoadData's when it names them, else computed (auto, the default)",
+    )
+    prepare.add_argument("--filter-size", type=float, default=DEFAULT_FILTER_SIZE, help="median filter size, CellProfiler's units (default %(default)s)")
+    prepare.add_argument("--downsample", type=int, default=DEFAULT_DOWNSAMPLE, help="smooth the mean image at 1/N resolution (default %(default)s)")
+    prepare.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: CPU count)")
+    prepare.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    prepare.add_argument("--out", type=Path, required=True, help="output folder")
+    prepare.set_defaults(func=cmd_prepare)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from cpcnn.training.prepare import (
+        PrepareSettings,
+        prepare,
+        read_platemap,
+        sites_from_index,
+        sites_from_load_data,
+    )
+
+    settings = PrepareSettings(illum=args.illum, filter_size=args.filter_size, downsample=args.downsample)
+    settings.check()
+    locations = None
+    if args.index is not None:
+        if args.locations is not None:
+            raise InputError("--locations goes with --load-data; an index names each site's locations file")
+        sites = sites_from_index(args.index, label=args.label, channels=settings.channels)
+    else:
+        from cpcnn.plates.locations import open_locations
+
+        if args.locations is None:
+            raise InputError("--load-data needs --locations (the nuclei table or folder of the plate)")
+        sites = sites_from_load_data(args.load_data, channels=settings.channels)
+        locations = open_locations(args.locations)
+    platemap = read_platemap(args.platemap) if args.platemap is not None else None
+    result = prepare(
+        sites, args.out, settings=settings, locations=locations, platemap=platemap, workers=args.workers,
+        progress=not args.quiet,
+    )
+    print(result.summary())
     return 0
