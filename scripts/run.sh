@@ -3,8 +3,9 @@
 #   1. .venv with the serve and train extras (torch pinned to the CPU build)
 #   2. the CNN-1 model in the store: the published weights from Zenodo, or, when this machine cannot
 #      download them, an untrained CNN-1-architecture model so the pipeline still runs end to end
-#   3. embed the bundled real sample site -> out/BR00143976-C03-3.parquet
-#   4. start the embedding API (embedded worker, no Redis) on http://127.0.0.1:8000
+#   3. `cpcnn demo`: a small synthetic screen profiled, sphered and evaluated -> out/demo/
+#   4. embed the bundled real sample site -> out/BR00143976-C03-3.parquet
+#   5. start the embedding API (embedded worker, no Redis) on http://127.0.0.1:8000
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,8 @@ if ! "$cpcnn" models info cnn1 >/dev/null 2>&1; then
         fi
     fi
 fi
+
+"$cpcnn" demo --model "$model" --out out/demo
 
 site=examples/data/pcatlas-BR00143976-C03-s3
 "$cpcnn" embed --model "$model" \

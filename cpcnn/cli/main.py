@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 
 from cpcnn import __version__
-from cpcnn.cli import embed_cmds, plate_cmds, profiles_cmds, synth_cmds
+from cpcnn.cli import demo_cmds, embed_cmds, plate_cmds, profiles_cmds, synth_cmds
 from cpcnn.errors import CpcnnError
 
 #: Entry-point group through which installed layers add command groups: ``name = "module:register"``.
@@ -28,7 +28,7 @@ def command_groups() -> list[Register]:
     """The domain's ``register`` functions, then each installed layer's, in entry-point name order."""
     layers = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda point: point.name)
     return [
-        embed_cmds.register, plate_cmds.register, profiles_cmds.register, synth_cmds.register,
+        embed_cmds.register, plate_cmds.register, profiles_cmds.register, synth_cmds.register, demo_cmds.register,
         *(point.load() for point in layers),
     ]
 
