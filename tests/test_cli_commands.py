@@ -20,7 +20,7 @@ def _commands() -> set[str]:
 
 def test_layers_add_their_commands_through_entry_points() -> None:
     assert _commands() == {
-        "embed", "profile", "aggregate", "sphering", "library", "match", "evaluate", "synth",  # the domain's own
+        "embed", "profile", "aggregate", "sphering", "library", "match", "evaluate", "synth", "demo",  # the domain's own
         "models", "serve", "worker", "train",  # model_export, service, training
     }
 
