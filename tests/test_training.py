@@ -170,16 +170,16 @@ def test_split_cells_per_well() -> None:
 
 
 def test_prepare_data_splits(index: Path, tmp_path: Path) -> None:
-    by_cells = prepare_data(index, TrainConfig(seed=3), cache_dir=tmp_path / "crops")
+    by_cells = prepare_data(index, TrainConfig(seed=3, min_cells=1), cache_dir=tmp_path / "crops")
     assert by_cells.classes == ("A", "B") and by_cells.train.size == 12 and by_cells.val.size == 8
     by_plates = prepare_data(
-        index, make_config(split="plates", holdout_plates=("P2",)), cache_dir=tmp_path / "crops"
+        index, make_config(split="plates", holdout_plates=("P2",), min_cells=1), cache_dir=tmp_path / "crops"
     )
     assert by_plates.cache.site_of_cell[by_plates.val].tolist() == [2] * 5 + [3] * 5
     epoch = by_cells.epoch_cells(0, seed=3)
     assert np.bincount(by_cells.labels[epoch]).tolist() == [6, 6]
     with pytest.raises(InputError, match="Q9 not in the index"):
-        prepare_data(index, make_config(split="plates", holdout_plates=("Q9",)), cache_dir=tmp_path / "crops")
+        prepare_data(index, make_config(split="plates", holdout_plates=("Q9",), min_cells=1), cache_dir=tmp_path / "crops")
 
 
 def test_augmentations_are_seeded_and_keep_shape() -> None:
@@ -246,7 +246,7 @@ def test_optimizer_decays_kernels_only() -> None:
 
 
 def test_training_lowers_loss_on_a_repeated_batch(index: Path, tmp_path: Path) -> None:
-    config = make_config(lr=0.05, augment=False, batch_size=4)
+    config = make_config(lr=0.05, augment=False, batch_size=4, min_cells=1)
     data = prepare_data(index, config, cache_dir=tmp_path / "crops")
     net = initial_network(2, config).train()
     optimizer = make_optimizer(net, config)
@@ -280,6 +280,8 @@ def test_train_cli_end_to_end_resume_and_import(index: Path, tmp_path: Path) -> 
         str(tmp_path / "crops"),
         "--val-max-cells",
         "4",
+        "--min-cells",
+        "1",
     ]
     assert train_cli([*common, "--max-steps", "2"]) == 0
     last = out / "last.pt"
@@ -303,7 +305,7 @@ def test_train_cli_end_to_end_resume_and_import(index: Path, tmp_path: Path) -> 
 
 
 def test_resume_reproduces_an_uninterrupted_run(index: Path, tmp_path: Path) -> None:
-    config = make_config(batch_size=3, epochs=1)
+    config = make_config(batch_size=3, epochs=1, min_cells=1)
     data = prepare_data(index, config, cache_dir=tmp_path / "crops")
     straight = train(data, config, tmp_path / "a", max_steps=2, log_every=0)
     train(data, config, tmp_path / "b", max_steps=1, log_every=0)
@@ -331,14 +333,14 @@ def test_init_command_writes_an_importable_checkpoint(
         ("missing_column", "lacks column(s) Mito"),
         ("missing_file", "do not exist, first:"),
         ("one_class", "at least 2"),
-        ("empty_class", "no training cells: B"),
+        ("empty_class", "names 1 class with at least 1 cells"),
         ("bad_setting", "invalid training setting lr"),
     ],
 )
 def test_cli_errors_are_one_line(
     case: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["--lr", "-1"] if case == "bad_setting" else []
+    args = ["--lr", "-1"] if case == "bad_setting" else ["--min-cells", "1"]
     if case == "one_class":
         index = write_index(tmp_path, plates=("P1",), treatments={"A01": "A"}, cells_per_site=2)
     else:
