@@ -123,7 +123,7 @@ def _log_progress(args: argparse.Namespace) -> None:
         logging.getLogger("cpcnn.training").setLevel(logging.INFO)
 
 
-def _run_options(args: argparse.Namespace) -> argparse.Namespace:
+def run_options(args: argparse.Namespace) -> argparse.Namespace:
     """Defaults < --config file < command line, as one namespace (``sources`` only from the file)."""
     parser = _RUN_PARSER[-1]
     dests = {a.dest for a in parser._actions}
@@ -148,7 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from cpcnn.training.loop import train
     from cpcnn.training.sources import format_class_table, parse_sources
 
-    args = _run_options(args)
+    args = run_options(args)
     _log_progress(args)
     holdout = tuple(p.strip() for p in args.holdout_plates.split(",") if p.strip())
     config = make_config(

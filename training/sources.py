@@ -73,18 +73,17 @@ def parse_sources(values: object, *, base: Path, label: str) -> list[Source]:
 def check_channels(sources: Sequence[Source], channels: Sequence[str]) -> None:
     """Every source must have been imaged in the run's channels (order may differ)."""
     first = sources[0]
-    first_set = set(first.channels or channels)
+    first_channels = tuple(first.channels or channels)
     for other in sources[1:]:
-        other_set = set(other.channels or channels)
-        if other_set != first_set:
+        other_channels = tuple(other.channels or channels)
+        if set(other_channels) != set(first_channels):
             raise InputError(
-                f"sources {first.name} ({', '.join(sorted(first_set))}) and {other.name} "
-                f"({', '.join(sorted(other_set))}) have different channels"
+                f"sources {first.name} ({', '.join(first_channels)}) and {other.name} "
+                f"({', '.join(other_channels)}) have different channels"
             )
-    if first_set != set(channels):
+    if set(first_channels) != set(channels):
         raise InputError(
-            f"source {first.name} has channels {', '.join(sorted(first_set))}; "
-            f"the run uses {', '.join(channels)}"
+            f"source {first.name} has channels {', '.join(first_channels)}; the run uses {', '.join(channels)}"
         )
 
 
