@@ -44,8 +44,14 @@ def two_sources(folder: Path) -> list[Source]:
     )
     return parse_sources(
         [
-            {"index": compounds.name, "key": "Metadata_JCP", "controls": ["DMSO"], "control-wells-per-plate": 1,
-             "cell_line": "U2OS", "perturbation": "compound"},
+            {
+                "index": compounds.name,
+                "key": "Metadata_JCP",
+                "controls": ["DMSO"],
+                "control-wells-per-plate": 1,
+                "cell_line": "U2OS",
+                "perturbation": "compound",
+            },
             {"index": orfs.name, "key": "Metadata_Gene", "controls": ["EMPTY"], "perturbation": "orf"},
         ],
         base=folder,
@@ -95,7 +101,9 @@ def test_sources_with_other_channels_are_refused(tmp_path: Path) -> None:
     a = Source(index=tmp_path / "a.csv")
     b = Source(index=tmp_path / "b.csv", channels=(*CHANNELS[:4], "Actin"))
     listed = ", ".join(CHANNELS)
-    with pytest.raises(InputError, match=rf"a\.csv \({listed}\) and b\.csv \(.*Actin\) have different channels"):
+    with pytest.raises(
+        InputError, match=rf"a\.csv \({listed}\) and b\.csv \(.*Actin\) have different channels"
+    ):
         check_channels([a, b], CHANNELS)
     check_channels([a, Source(index=tmp_path / "c.csv", channels=tuple(reversed(CHANNELS)))], CHANNELS)
 
