@@ -15,7 +15,7 @@ import pytest
 import torch
 from _model_fixtures import torch_threads
 from _train_index import write_index
-from cpcnn.training.augment import augment_batch
+from cpcnn.training.augment import augment_batch, augment_stored
 from cpcnn.training.checkpoint import load_checkpoint
 from cpcnn.training.config import make_config
 from cpcnn.training.data import prepare_data
@@ -161,7 +161,7 @@ def test_fp32_step_is_the_plain_sgd_step_with_or_without_workers(data, tmp_path:
     optimizer = make_optimizer(net, config)
     cells = prepared.epoch_cells(0, seed=config.seed)[: config.batch_size]
     seed = step_seed(config.seed, 0)
-    crops = augment_batch(prepared.cache.batch(cells), generator=torch.Generator().manual_seed(seed))
+    crops = prepared.cache.augmented(cells, generator=torch.Generator().manual_seed(seed))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         loss = torch.nn.functional.cross_entropy(net(crops), torch.from_numpy(prepared.labels[cells]))
@@ -171,6 +171,23 @@ def test_fp32_step_is_the_plain_sgd_step_with_or_without_workers(data, tmp_path:
         got = load_checkpoint(tmp_path / name / "last.pt").state_dict
         for key, value in net.state_dict().items():
             torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=f"{name}: {key}")
+
+
+def test_augmenting_stored_crops_equals_augmenting_converted_ones(data) -> None:  # type: ignore[no-untyped-def]
+    prepared, _ = data
+    cells = np.array([3, 0, 2, 1, 3])
+    for seed in range(4):
+        expected = augment_batch(prepared.cache.batch(cells), generator=torch.Generator().manual_seed(seed))
+        got = prepared.cache.augmented(cells, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(got, expected, rtol=0, atol=2e-6)
+    half = np.random.default_rng(0).random((3, 128, 128, 5)).astype(np.float16)
+    converted = torch.from_numpy(half.astype(np.float32)).permute(0, 3, 1, 2)
+    torch.testing.assert_close(
+        augment_stored(half, scale=1.0, generator=torch.Generator().manual_seed(1)),
+        augment_batch(converted, generator=torch.Generator().manual_seed(1)),
+        rtol=0,
+        atol=2e-6,
+    )
 
 
 def test_bf16_autocast_and_channels_last_run_on_the_cpu(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -46,7 +47,24 @@ def augment_batch(
     """(N, C, S, S) float32 crops -> a new (N, C, S, S) float32 tensor, each crop augmented independently."""
     if crops.ndim != 4 or crops.shape[-1] != crops.shape[-2]:
         raise ValueError(f"expected square crops (N, C, S, S), got shape {tuple(crops.shape)}")
-    n, channels, side, _ = crops.shape
+    return _augment(crops.detach().float().contiguous(), 1.0, generator=generator, spec=spec)
+
+
+def augment_stored(
+    stored: np.ndarray, *, scale: float, generator: torch.Generator, spec: Augmentation = PAPER
+) -> torch.Tensor:
+    """Cached (N, S, S, C) crops (uint8 or float16, value = stored x ``scale``) -> augmented (N, C, S, S)
+    float32: ``augment_batch`` of the converted crops (the same random draws), but turned while still
+    8-bit and converted, scaled and shifted in one pass."""
+    if stored.ndim != 4 or stored.shape[1] != stored.shape[2]:
+        raise ValueError(f"expected square crops (N, S, S, C), got shape {stored.shape}")
+    planes = torch.from_numpy(np.ascontiguousarray(stored.transpose(0, 3, 1, 2)))
+    return _augment(planes, scale, generator=generator, spec=spec)
+
+
+def _augment(batch: torch.Tensor, scale: float, *, generator: torch.Generator, spec: Augmentation) -> torch.Tensor:
+    """Contiguous (N, C, S, S) crops of any dtype, value = stored x ``scale`` -> augmented float32."""
+    n, channels, side, _ = batch.shape
     # Draw everything first, so the stream of random numbers does not depend on which branches run.
     do_crop = torch.rand(n, generator=generator) < spec.crop_p
     crop_frac = torch.rand(n, generator=generator)
@@ -57,25 +75,39 @@ def augment_batch(
     low, high = spec.contrast
     factor = low + torch.rand(n, channels, 1, 1, generator=generator) * (high - low)
 
-    out = crops.clone()
+    zoomed: dict[int, torch.Tensor] = {}
     if do_crop.any():
-        index = torch.nonzero(do_crop).squeeze(1)
+        cropped = torch.nonzero(do_crop).squeeze(1)
         min_side = max(1, int(round(spec.crop_min * side)))
         # Integer crop sides in [min_side, side] and integer offsets, as a pixel-grid crop would have.
-        sides = min_side + torch.floor(crop_frac[index] * (side - min_side + 1)).clamp(max=side - min_side)
-        offsets = torch.floor(crop_pos[index] * (side - sides + 1)[:, None]).clamp(min=0)
+        sides = min_side + torch.floor(crop_frac[cropped] * (side - min_side + 1)).clamp(max=side - min_side)
+        offsets = torch.floor(crop_pos[cropped] * (side - sides + 1)[:, None]).clamp(min=0)
         offsets = torch.minimum(offsets, (side - sides)[:, None])
-        out[index] = resized_crops(out[index], offsets, sides)
-    if do_flip.any():
-        out[do_flip] = out[do_flip].flip(-1)
-    if spec.rotate90:
-        for k in (1, 2, 3):
-            mask = turns == k
-            if mask.any():
-                out[mask] = torch.rot90(out[mask], k, dims=(-2, -1))
-    out += shift.to(out.dtype)
-    mean = out.mean(dim=(-2, -1), keepdim=True)
-    return (out - mean) * factor.to(out.dtype) + mean
+        picked = batch[cropped].float()
+        if scale != 1.0:
+            picked *= scale
+        zoomed = dict(zip(cropped.tolist(), resized_crops(picked, offsets, sides), strict=True))
+    wide = torch.float64 if batch.is_floating_point() else torch.int64
+    means = (batch.sum(dim=(2, 3), dtype=wide).double() * (scale / (side * side))).float()[..., None, None]
+    out = torch.empty((n, channels, side, side), dtype=torch.float32)
+    flips, quarter_turns = do_flip.tolist(), turns.tolist() if spec.rotate90 else [0] * n
+    turned = {batch.dtype: torch.empty_like(batch[0]), torch.float32: torch.empty_like(out[0])}
+    for i in range(n):
+        if i in zoomed:
+            crop, crop_scale = zoomed[i], 1.0
+            mean = crop.mean(dim=(1, 2), keepdim=True)
+        else:
+            crop, crop_scale, mean = batch[i], scale, means[i]
+        if flips[i] or quarter_turns[i]:
+            # One strided copy: numpy views may have negative strides (torch.flip and torch.rot90 copy).
+            view = crop.numpy()[..., ::-1] if flips[i] else crop.numpy()
+            target = turned[crop.dtype]
+            target.numpy()[...] = np.rot90(view, quarter_turns[i], axes=(-2, -1))
+            crop = target
+        # Brightness then contrast around the shifted mean, (x + s - m') f + m' with m' = m + s, as
+        # x f + (m + s - m f): one multiply-add from the stored values into the batch (x = stored x scale).
+        torch.addcmul(mean + shift[i] - mean * factor[i], crop, factor[i] * crop_scale, out=out[i])
+    return out
 
 
 def resized_crops(crops: torch.Tensor, offsets: torch.Tensor, sides: torch.Tensor) -> torch.Tensor:

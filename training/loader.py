@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from cpcnn.training.augment import augment_batch
 from cpcnn.training.data import TrainingData
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -43,9 +42,11 @@ class TrainBatches(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __getitem__(self, key: StepKey) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, index, step = key
         batch = self.cells(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
-        crops = self.data.cache.batch(batch)
         if self.augment:
-            crops = augment_batch(crops, generator=torch.Generator().manual_seed(step_seed(self.seed, step)))
+            generator = torch.Generator().manual_seed(step_seed(self.seed, step))
+            crops = self.data.cache.augmented(batch, generator=generator)
+        else:
+            crops = self.data.cache.batch(batch)
         return crops, torch.from_numpy(self.data.labels[batch])
 
 
