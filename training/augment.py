@@ -87,8 +87,9 @@ def _augment(batch: torch.Tensor, scale: float, *, generator: torch.Generator, s
         if scale != 1.0:
             picked *= scale
         zoomed = dict(zip(cropped.tolist(), resized_crops(picked, offsets, sides), strict=True))
-    wide = torch.float64 if batch.is_floating_point() else torch.int64
-    means = (batch.sum(dim=(2, 3), dtype=wide).double() * (scale / (side * side))).float()[..., None, None]
+    flat = batch.numpy().reshape(n, channels, side * side)
+    sums = flat.sum(axis=2, dtype=np.float64 if batch.is_floating_point() else np.uint32)  # exact for 8 bit
+    means = torch.from_numpy((sums * (scale / (side * side))).astype(np.float32))[..., None, None]
     out = torch.empty((n, channels, side, side), dtype=torch.float32)
     flips, quarter_turns = do_flip.tolist(), turns.tolist() if spec.rotate90 else [0] * n
     turned = {batch.dtype: torch.empty_like(batch[0]), torch.float32: torch.empty_like(out[0])}
@@ -111,22 +112,16 @@ def _augment(batch: torch.Tensor, scale: float, *, generator: torch.Generator, s
 
 
 def resized_crops(crops: torch.Tensor, offsets: torch.Tensor, sides: torch.Tensor) -> torch.Tensor:
-    """(N, C, S, S) + top-left (N, 2) (x, y) + side (N,) in pixels -> each square resized back to S x S.
+    """(N, C, S, S) + top-left (N, 2) (x, y) + side (N,) in whole pixels -> each square resized back to S x S.
 
     Output pixel j samples input ``offset + (j + 0.5) * side / S - 0.5`` bilinearly, clamped to the crop
     (half-pixel centres and edge clamping: ``F.interpolate(align_corners=False)`` on the cut-out square,
-    like TensorFlow 2's ``tf.image.resize`` after ``tf.image.random_crop``).
+    like TensorFlow 2's ``tf.image.resize`` after ``tf.image.random_crop``). One interpolate per crop:
+    separable, so faster on the CPU than a batched ``grid_sample`` with the same result.
     """
-    n, _, size, _ = crops.shape
-    steps = (torch.arange(size, dtype=crops.dtype) + 0.5) / size  # (S,)
-    sides = sides.to(crops.dtype)[:, None]
-    low = offsets.to(crops.dtype)  # (N, 2)
-
-    def axis(k: int) -> torch.Tensor:
-        pixel = low[:, k : k + 1] + steps[None, :] * sides - 0.5
-        pixel = torch.minimum(torch.maximum(pixel, low[:, k : k + 1]), low[:, k : k + 1] + sides - 1)
-        return (2 * pixel + 1) / size - 1  # grid_sample's normalized coordinate (align_corners=False)
-
-    xs, ys = axis(0), axis(1)
-    grid = torch.stack((xs[:, None, :].expand(n, size, size), ys[:, :, None].expand(n, size, size)), dim=-1)
-    return F.grid_sample(crops, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    size = crops.shape[-1]
+    out = torch.empty_like(crops)
+    for i, ((x, y), side) in enumerate(zip(offsets.long().tolist(), sides.long().tolist(), strict=True)):
+        square = crops[i : i + 1, :, y : y + side, x : x + side]
+        out[i : i + 1] = F.interpolate(square, size=(size, size), mode="bilinear", align_corners=False)
+    return out
