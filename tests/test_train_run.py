@@ -19,7 +19,7 @@ from cpcnn.training.augment import augment_batch, augment_stored
 from cpcnn.training.checkpoint import load_checkpoint
 from cpcnn.training.config import make_config
 from cpcnn.training.data import prepare_data
-from cpcnn.training.loader import step_seed
+from cpcnn.training.loader import device_batch, step_seed
 from cpcnn.training.loop import initial_network, make_optimizer, train
 from cpcnn.training.scores import confusion, scores
 
@@ -190,10 +190,36 @@ def test_augmenting_stored_crops_equals_augmenting_converted_ones(data) -> None:
     )
 
 
+def test_device_augmentation_matches_the_cpu_path(data) -> None:  # type: ignore[no-untyped-def]
+    prepared, _ = data
+    cells = np.array([3, 0, 2, 1, 3])
+    for seed in range(4):
+        expected = prepared.cache.augmented(cells, generator=torch.Generator().manual_seed(seed))
+        stored = prepared.cache.stored(cells)
+        got = device_batch(
+            stored,
+            torch.device("cpu"),
+            scale=prepared.cache.scale,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        torch.testing.assert_close(got, expected, rtol=0, atol=2e-6)
+    plain = device_batch(
+        prepared.cache.stored(cells), torch.device("cpu"), scale=prepared.cache.scale, generator=None
+    )
+    torch.testing.assert_close(plain, prepared.cache.batch(cells), rtol=0, atol=0)
+
+
 def test_bf16_autocast_and_channels_last_run_on_the_cpu(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     prepared, config = data
     result = train(
-        prepared, config, tmp_path / "bf16", max_steps=1, log_every=0, precision="bf16", channels_last=True
+        prepared,
+        config,
+        tmp_path / "bf16",
+        max_steps=1,
+        log_every=0,
+        precision="bf16",
+        channels_last=True,
+        device_augment=True,  # the CUDA data path: 8-bit crops converted and augmented on the device
     )
     row = result.metrics[0]
     assert np.isfinite(row["train_loss"]) and np.isfinite(row["val_loss"])

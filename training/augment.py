@@ -62,6 +62,46 @@ def augment_stored(
     return _augment(planes, scale, generator=generator, spec=spec)
 
 
+def augment_on_device(
+    planes: torch.Tensor, *, scale: float, generator: torch.Generator, spec: Augmentation = PAPER
+) -> torch.Tensor:
+    """(N, C, S, S) stored crops of any dtype on any device (value = stored x ``scale``) -> augmented
+    float32 on that device, vectorized over the batch: the GPU path, so loader workers only ship 8-bit
+    crops. The random numbers are drawn on the CPU from ``generator`` exactly as :func:`augment_batch`
+    draws them, so both give the same batch up to float rounding."""
+    n, channels, side, _ = planes.shape
+    do_crop = torch.rand(n, generator=generator) < spec.crop_p
+    crop_frac = torch.rand(n, generator=generator)
+    crop_pos = torch.rand(n, 2, generator=generator)
+    do_flip = torch.rand(n, generator=generator) < spec.flip_p
+    turns = torch.randint(0, 4, (n,), generator=generator)
+    shift = (torch.rand(n, channels, 1, 1, generator=generator) * 2 - 1) * spec.brightness
+    low, high = spec.contrast
+    factor = low + torch.rand(n, channels, 1, 1, generator=generator) * (high - low)
+
+    device = planes.device
+    out = planes.float() * scale
+    if do_crop.any():
+        index = torch.nonzero(do_crop).squeeze(1)
+        min_side = max(1, int(round(spec.crop_min * side)))
+        sides = min_side + torch.floor(crop_frac[index] * (side - min_side + 1)).clamp(max=side - min_side)
+        offsets = torch.floor(crop_pos[index] * (side - sides + 1)[:, None]).clamp(min=0)
+        offsets = torch.minimum(offsets, (side - sides)[:, None])
+        on_device = index.to(device)
+        out[on_device] = resized_crops(out[on_device], offsets, sides)
+    flips = do_flip.to(device)
+    out = torch.where(flips[:, None, None, None], out.flip(-1), out)
+    if spec.rotate90:
+        turned = out
+        for k in (1, 2, 3):
+            mask = (turns == k).to(device)
+            turned = torch.where(mask[:, None, None, None], torch.rot90(out, k, dims=(-2, -1)), turned)
+        out = turned
+    shift, factor = shift.to(device), factor.to(device)
+    mean = out.mean(dim=(-2, -1), keepdim=True)
+    return torch.addcmul(mean + shift - mean * factor, out, factor)
+
+
 def _augment(batch: torch.Tensor, scale: float, *, generator: torch.Generator, spec: Augmentation) -> torch.Tensor:
     """Contiguous (N, C, S, S) crops of any dtype, value = stored x ``scale`` -> augmented float32."""
     n, channels, side, _ = batch.shape

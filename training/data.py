@@ -175,6 +175,10 @@ class CropCache:
             values *= np.float32(1 / 255)
         return torch.from_numpy(values).permute(0, 3, 1, 2).contiguous()
 
+    def stored(self, cells: I64Array) -> torch.Tensor:
+        """Cell indices -> the cached (B, S, S, C) values as they are stored (x ``scale`` = normalized)."""
+        return torch.from_numpy(np.ascontiguousarray(self.crops[np.asarray(cells)]))
+
     def augmented(self, cells: I64Array, *, generator: torch.Generator) -> torch.Tensor:
         """``augment_batch(self.batch(cells))`` up to float rounding, from the stored values directly."""
         return augment_stored(self.crops[np.asarray(cells)], scale=self.scale, generator=generator)
