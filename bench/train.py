@@ -3,8 +3,9 @@
 CPU section, on ``--cores`` cores (default 2): random uint8 crops written as a crop cache, then crops/s
 of reading random batches (``read``), reading and augmenting them the way training does
 (``pipeline``: ``CropCache.augmented``), converting first and augmenting the float batch
-(``convert_then_augment``: ``augment_batch(CropCache.batch)``), and the DataLoader with one worker per
-core as a CUDA run uses it (``loader``). GPU section (only when torch sees CUDA, else ``"gpu": null``):
+(``convert_then_augment``: ``augment_batch(CropCache.batch)``), all on one thread; then the DataLoader
+with one worker per core, shipping augmented float crops (``loader_augmented``) or, as a CUDA run does,
+the stored 8-bit crops that the GPU converts and augments (``loader_8bit``). GPU section (only when torch sees CUDA, else ``"gpu": null``):
 optimizer steps/s and crops/s of CNN-1 (EfficientNet-B0, 5 channels, 128 px) at each batch size, fp32
 vs autocast (bf16 when the GPU has it, else fp16 with a GradScaler) in channels_last, on synthetic
 random crops already on the GPU. The GPU section needs only torch, numpy and this repository.
@@ -95,30 +96,38 @@ def cpu_section(cells: int, batch_sizes: list[int], seconds: float, cores: int) 
                     augment_batch(cache.batch(draws[i % 64]), generator=torch.Generator().manual_seed(i))
                 )
 
-            schedule = Schedule()
-            loader = make_loader(
-                TrainBatches(data, batch_size=batch_size, seed=0, augment=True),
-                schedule,
-                workers=cores,
-                pin=False,
-            )
-            epoch_steps = cells // batch_size
-
-            def loaded(
-                epoch: int, schedule: Schedule = schedule, loader: object = loader, steps: int = epoch_steps
-            ) -> int:
-                epoch = abs(epoch)
-                schedule.keys = [(epoch, i, epoch * steps + i) for i in range(steps)]
-                return sum(int(targets.numel()) for _, targets in loader)  # type: ignore[attr-defined]
+            loaders = {}
+            for stored in (False, True):
+                schedule = Schedule()
+                loader = make_loader(
+                    TrainBatches(data, batch_size=batch_size, seed=0, augment=True, stored=stored),
+                    schedule,
+                    workers=cores,
+                    pin=False,
+                )
+                loaders[stored] = _EpochRunner(schedule, loader, cells // batch_size)
 
             results[f"batch_{batch_size}"] = {
                 "read_1_thread": round(rate(read, seconds)),
                 "pipeline_1_thread": round(rate(pipeline, seconds)),
                 "convert_then_augment_1_thread": round(rate(convert_then_augment, seconds)),
-                f"loader_{cores}_workers": round(rate(loaded, seconds, warmup=1)),
+                f"loader_{cores}_workers_augmented": round(rate(loaders[False], seconds, warmup=1)),
+                f"loader_{cores}_workers_8bit": round(rate(loaders[True], seconds, warmup=1)),
             }
-            del loader
+            del loaders
     return results
+
+
+class _EpochRunner:
+    """One epoch through a persistent-worker loader per call -> crops delivered."""
+
+    def __init__(self, schedule: object, loader: object, steps: int) -> None:
+        self.schedule, self.loader, self.steps, self.epoch = schedule, loader, steps, 0
+
+    def __call__(self, _: int) -> int:
+        self.epoch += 1
+        self.schedule.keys = [(self.epoch, i, self.epoch * self.steps + i) for i in range(self.steps)]  # type: ignore[attr-defined]
+        return sum(int(targets.numel()) for _, targets in self.loader)  # type: ignore[attr-defined]
 
 
 def _random_cache(folder: Path, cells: int):  # type: ignore[no-untyped-def]
@@ -141,21 +150,21 @@ def _random_cache(folder: Path, cells: int):  # type: ignore[no-untyped-def]
 class _Steps:
     """Optimizer steps of CNN-1 on one synthetic GPU batch, fp32 or autocast in channels_last."""
 
-    def __init__(self, batch_size: int, *, amp: torch.dtype | None) -> None:
-        device = torch.device("cuda")
+    def __init__(self, batch_size: int, *, amp: torch.dtype | None, device: str = "cuda") -> None:
+        self.device = torch.device(device)
         torch.manual_seed(0)
-        self.net = EfficientNetB0(in_chans=CHANNELS, num_classes=490).to(device).train()
-        self.crops = torch.rand(batch_size, CHANNELS, CROP, CROP, device=device)
+        self.net = EfficientNetB0(in_chans=CHANNELS, num_classes=490).to(self.device).train()
+        self.crops = torch.rand(batch_size, CHANNELS, CROP, CROP, device=self.device)
         if amp is not None:
             self.net = self.net.to(memory_format=torch.channels_last)
             self.crops = self.crops.contiguous(memory_format=torch.channels_last)
-        self.targets = torch.randint(0, 490, (batch_size,), device=device)
+        self.targets = torch.randint(0, 490, (batch_size,), device=self.device)
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=0.005, momentum=0.9, nesterov=True)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == torch.float16)
         self.amp = amp
 
     def __call__(self, _: int) -> int:
-        with torch.autocast("cuda", dtype=self.amp or torch.float32, enabled=self.amp is not None):
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
             logits = self.net(self.crops)
         loss = torch.nn.functional.cross_entropy(logits.float(), self.targets)
         self.optimizer.zero_grad(set_to_none=True)
