@@ -349,7 +349,7 @@ def _run(
             seen += int(targets.numel())
             busy = time.perf_counter() - started
             bar.update(1)
-            if speed.progress_bar and (step % 10 == 0 or done == last_index):
+            if speed.progress_bar and (step % 10 == 0 or done in (first + 1, last_index)):
                 bar.set_postfix_str(f"loss {float(loss):.3f}, {seen / busy:.0f} crops/s", refresh=False)
             if log_every and step % log_every == 0:
                 logger.info(
