@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -228,3 +229,17 @@ def test_bf16_autocast_and_channels_last_run_on_the_cpu(data, tmp_path: Path) ->
     start = initial_network(len(prepared.classes), config).state_dict()
     assert not torch.equal(checkpoint.state_dict["stem_conv.weight"], start["stem_conv.weight"])
     checkpoint.build()  # loads strictly into a contiguous network
+
+
+def test_curves_without_matplotlib_warn_once(
+    run: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from cpcnn.training.curves import plot_curves
+
+    folder, _ = run
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    assert plot_curves(folder / "metrics.jsonl", tmp_path) is None
+    assert not (tmp_path / "curves.png").exists()
+    assert [r.message for r in caplog.records] == [
+        "no learning-curve plot: matplotlib is missing (install the 'plots' extra)"
+    ]
