@@ -243,3 +243,12 @@ def test_curves_without_matplotlib_warn_once(
     assert [r.message for r in caplog.records] == [
         "no learning-curve plot: matplotlib is missing (install the 'plots' extra)"
     ]
+
+
+def test_a_second_run_into_the_folder_keeps_its_run_file(run: tuple[Path, str]) -> None:
+    folder, _ = run
+    other = folder.parent / "other.toml"
+    other.write_text(RUN_FILE.replace("epochs = 1", "epochs = 2"))
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["train", "run", "-q", "--config", str(other)]) == 1  # the folder holds a run
+    assert (folder / "run.toml").read_text() == RUN_FILE

@@ -15,7 +15,6 @@ from pathlib import Path
 from cpcnn.training.arch import CNN1_NUM_CLASSES
 from cpcnn.training.config import TrainConfig, make_config
 from cpcnn.training.runfile import (
-    copy_run_file,
     given_options,
     mark_defaults,
     merge_run_options,
@@ -181,8 +180,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.sources is not None:
         sources = parse_sources(args.sources, base=args.config.parent, label=config.label)
     data = prepare_data(sources, config, cache_dir=args.cache_dir or args.out / "crops")
-    if args.config:
-        copy_run_file(args.config, args.out)
     print(format_class_table(data.table))
     for site, reason in data.skipped:
         print(f"skipped {site.describe()}: {reason}")
@@ -198,6 +195,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         precision=args.precision,
         workers=args.workers,
         progress_bar=not args.quiet,
+        run_file=args.config,
     )
     for row in result.metrics:
         print(_summary(row))

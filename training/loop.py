@@ -40,6 +40,7 @@ from cpcnn.training.loader import (
     step_seed,
 )
 from cpcnn.training.net import EfficientNetB0
+from cpcnn.training.runfile import copy_run_file
 from cpcnn.training.scores import scores
 from cpcnn.training.sources import write_class_table
 from cpcnn.training.stem import load_imagenet
@@ -185,6 +186,7 @@ def train(
     workers: int | None = None,
     progress_bar: bool = False,
     device_augment: bool | None = None,
+    run_file: Path | None = None,
 ) -> RunResult:
     """Train (or resume) until ``config.epochs`` epochs or ``max_steps`` steps in total; see module doc.
 
@@ -193,7 +195,8 @@ def train(
     moved; checkpoints are always written with CPU tensors. ``precision`` "auto" trains in mixed
     precision on CUDA and in fp32 on the CPU; ``channels_last`` (default: on CUDA) changes memory layout
     only. ``progress_bar`` draws a tqdm bar on stderr. ``device_augment`` (default: on CUDA) has the
-    workers ship 8-bit crops and converts and augments them on the device.
+    workers ship 8-bit crops and converts and augments them on the device. ``run_file`` (the TOML/YAML
+    the run was described by) is copied into ``out`` once the run is known not to clash with another.
     """
     out = Path(out)
     if resume is None and (out / LAST).exists():
@@ -212,6 +215,8 @@ def train(
             progress_bar=progress_bar,
             on_device=target.type == "cuda" if device_augment is None else device_augment,
         )
+        if run_file is not None:
+            copy_run_file(run_file, out)
         return _run(
             data,
             config,
