@@ -15,11 +15,20 @@ from pathlib import Path
 
 from cpcnn.training.arch import CNN1_NUM_CLASSES
 from cpcnn.training.config import TrainConfig, make_config
+from cpcnn.training.runfile import (
+    given_options,
+    mark_defaults,
+    merge_run_options,
+    read_run_file,
+    resolve_file_paths,
+)
 
 from cpcnn._types import NORMALIZATIONS
 from cpcnn.errors import InputError
 
 _DEFAULTS = TrainConfig()
+#: The ``run`` parser, kept to merge a config file's values with its options.
+_RUN_PARSER: list[argparse.ArgumentParser] = []
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -31,10 +40,21 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     sub = parser.add_subparsers(dest="train_command", metavar="ACTION", required=True)
 
     run = sub.add_parser("run", help="train on a site index (weakly supervised: classify the label)")
+    run.add_argument(
+        "--config",
+        type=Path,
+        help="TOML or YAML file with any of these options (and 'sources'); the command line wins",
+    )
     run.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress log")
-    run.add_argument("--index", type=Path, required=True, help="CSV/Parquet, one row per site")
+    run.add_argument("--index", type=Path, help="CSV/Parquet, one row per site (or 'sources' in --config)")
     run.add_argument("--label", default=_DEFAULTS.label, help="class column (default %(default)s)")
-    run.add_argument("--out", type=Path, required=True, help="run folder for checkpoints and metrics")
+    run.add_argument("--out", type=Path, help="run folder for checkpoints and metrics (required)")
+    run.add_argument(
+        "--min-cells",
+        type=int,
+        default=_DEFAULTS.min_cells,
+        help="drop classes with fewer cells (default %(default)s, as the paper)",
+    )
     run.add_argument("--epochs", type=int, default=_DEFAULTS.epochs)
     run.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
     run.add_argument("--lr", type=float, default=_DEFAULTS.lr)
@@ -76,7 +96,18 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "--device", default="auto", help="cpu, cuda or cuda:N (default auto: CUDA when torch sees a GPU)"
     )
     run.add_argument("--log-every", type=int, default=50, help="log training loss every N steps")
+    run.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "fp16", "bf16"),
+        default="auto",
+        help="auto: mixed precision (bf16, else fp16) on CUDA, fp32 on the CPU",
+    )
+    run.add_argument(
+        "--workers", type=int, help="crop-loading processes (default: several on CUDA, none on the CPU)"
+    )
     run.set_defaults(func=cmd_run)
+    mark_defaults(run)
+    _RUN_PARSER.append(run)
 
     init = sub.add_parser("init", help="write a checkpoint with freshly initialized weights")
     init.add_argument("-q", "--quiet", action="store_true", help="no progress log")
@@ -96,11 +127,32 @@ def _log_progress(args: argparse.Namespace) -> None:
         logging.getLogger("cpcnn.training").setLevel(logging.INFO)
 
 
+def run_options(args: argparse.Namespace) -> argparse.Namespace:
+    """Defaults < --config file < command line, as one namespace (``sources`` only from the file)."""
+    parser = _RUN_PARSER[-1]
+    given = given_options(parser, args)
+    config = given.get("config")
+    file_values = read_run_file(config) if config else {}
+    options = merge_run_options(parser, given, file_values, source=config.name if config else "")
+    if config:
+        resolve_file_paths(options, file_values, config.parent)
+    options.setdefault("sources", None)
+    if options["out"] is None:
+        raise InputError("--out is required (on the command line or as 'out' in --config)")
+    if options["index"] is None and options["sources"] is None:
+        raise InputError("give --index, or 'sources' in a --config file")
+    if options["index"] is not None and options["sources"] is not None:
+        raise InputError("give either --index or 'sources' in --config, not both")
+    return argparse.Namespace(**{**vars(args), **options})
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import torch
     from cpcnn.training.data import prepare_data
     from cpcnn.training.loop import train
+    from cpcnn.training.sources import format_class_table, parse_sources
 
+    args = run_options(args)
     _log_progress(args)
     holdout = tuple(p.strip() for p in args.holdout_plates.split(",") if p.strip())
     config = make_config(
@@ -118,16 +170,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         augment=not args.no_augment,
         stem_rescale=not args.no_stem_rescale,
         imagenet_weights=str(args.imagenet_weights) if args.imagenet_weights else None,
+        min_cells=args.min_cells,
     )
-    for name in ("max_steps", "threads", "log_every"):
+    for name in ("max_steps", "threads", "log_every", "workers"):
         value = getattr(args, name)
-        if value is not None and value < (0 if name == "log_every" else 1):
+        if value is not None and value < (0 if name in ("log_every", "workers") else 1):
             raise InputError(f"--{name.replace('_', '-')} must be positive, got {value}")
     if args.resume is not None and not args.resume.is_file():
         raise InputError(f"--resume: checkpoint {args.resume} does not exist")
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = prepare_data(args.index, config, cache_dir=args.cache_dir or args.out / "crops")
+    sources = args.index
+    if args.sources is not None:
+        sources = parse_sources(args.sources, base=args.config.parent, label=config.label)
+    data = prepare_data(sources, config, cache_dir=args.cache_dir or args.out / "crops")
+    print(format_class_table(data.table))
+    for site, reason in data.skipped:
+        print(f"skipped {site.describe()}: {reason}")
     result = train(
         data,
         config,
@@ -137,6 +196,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         threads=args.threads,
         log_every=args.log_every,
         device=args.device,
+        precision=args.precision,
+        workers=args.workers,
+        progress_bar=not args.quiet,
+        run_file=args.config,
     )
     for row in result.metrics:
         print(_summary(row))
@@ -155,7 +218,7 @@ def _summary(row: dict[str, object]) -> str:
     return (
         f"epoch {row['epoch']}{state} step {row['step']}: train loss {fmt(row['train_loss'])} "
         f"accuracy {fmt(row['train_accuracy'])}, validation loss {fmt(row['val_loss'])} "
-        f"accuracy {fmt(row['val_accuracy'])}, {row['train_crops']} crops at {fmt(row['crops_per_s'])} crops/s"
+        f"accuracy {fmt(row['val_accuracy'])} macro F1 {fmt(row['val_macro_f1'])}, {row['train_crops']} crops at {fmt(row['crops_per_s'])} crops/s"
     )
 
 
