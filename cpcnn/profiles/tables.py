@@ -17,6 +17,7 @@ import fnmatch
 import gzip
 import io
 import logging
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -298,8 +299,8 @@ def csv_header(source: CsvSource, *, what: str) -> list[str]:
         text = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")
         try:
             header = next(csv.reader(text), None)
-        except csv.Error as exc:
-            raise InputError(f"{what}: unreadable CSV header ({exc})") from exc
+        except (csv.Error, UnicodeDecodeError, OSError, EOFError, zlib.error) as exc:  # not text, a broken .gz
+            raise InputError(f"{what}: unreadable CSV header ({str(exc)[:160]})") from exc
     if not header:
         raise InputError(f"{what}: the table is empty (no header row)")
     duplicated = duplicate_names(header)
