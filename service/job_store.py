@@ -12,7 +12,7 @@ Layout, one folder per job id (a content hash, so the path is safe to build from
 
 Every write goes to a temporary dot-name first, is fsynced and renamed into place (then the folder
 is fsynced), so readers on other machines never see half a file and a crash never leaves one.
-Temporaries a crash left behind are removed when a store is opened (``cpcnn.service.durable``).
+Temporaries a crash left behind are removed when a store is opened (``cpcnn.io.durable``).
 """
 
 from __future__ import annotations
