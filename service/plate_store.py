@@ -352,15 +352,8 @@ class PlateStore:
         )
 
 
-def read_platemap(path: Path, sites: list[SiteSpec]) -> pd.DataFrame:
-    """The platemap CSV, checked against the plate's wells (``check_platemap``: no unknown, none missing)."""
-    import pandas as pd
+def checked_platemap(path: Path, sites: list[SiteSpec]) -> pd.DataFrame:
+    """The platemap, checked against the plate's wells (``check_platemap``: no unknown, none missing)."""
+    from cpcnn.plates.platemap import check_platemap, read_platemap
 
-    from cpcnn.errors import InputError
-    from cpcnn.plates.output import check_platemap
-
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"platemap {path} is not a readable CSV: {exc}") from exc
-    return check_platemap(table, sites, source=str(path))
+    return check_platemap(read_platemap(path), sites, source=str(path))

@@ -24,8 +24,8 @@ def profile_locally(lab: PlateFiles, models_dir: Path, out: Path, *, model: str 
     from cpcnn.model_store import ModelStore
     from cpcnn.plates.load_data import read_load_data
     from cpcnn.plates.locations import open_locations
-    from cpcnn.plates.output import check_platemap
     from cpcnn.plates.pipeline import profile_plate
+    from cpcnn.plates.platemap import check_platemap, read_platemap
 
     sites = read_load_data(lab.load_data)
     output = PlateOutput(out)
@@ -34,7 +34,7 @@ def profile_locally(lab: PlateFiles, models_dir: Path, out: Path, *, model: str 
         profile_plate(sites, open_locations(lab.nuclei), embedder, output, illum=True, progress=False)
     finally:
         embedder.close()
-    platemap = check_platemap(pd.read_csv(lab.platemap, dtype=str, keep_default_na=False), sites,
+    platemap = check_platemap(read_platemap(lab.platemap), sites,
                               source=str(lab.platemap))
     output.finish(platemap=platemap, run={})
     return output

@@ -13,7 +13,8 @@ from oracles import group_reduce_naive
 
 from cpcnn.errors import InputError
 from cpcnn.io.cells import cells_table
-from cpcnn.plates.output import PlateOutput, check_platemap
+from cpcnn.plates.output import PlateOutput
+from cpcnn.plates.platemap import check_platemap
 from cpcnn.plates.sites import SiteSpec
 
 D = 6

@@ -15,7 +15,6 @@ from _plate_files import write_plate
 from cpcnn.training.prepare import (
     PrepareSettings,
     prepare,
-    read_platemap,
     sites_from_index,
     sites_from_load_data,
 )
@@ -27,6 +26,7 @@ from cpcnn.illum import read_illum
 from cpcnn.io.images import read_channel
 from cpcnn.locations import read_locations
 from cpcnn.plates.locations import open_locations
+from cpcnn.plates.platemap import read_platemap
 
 pytestmark = pytest.mark.slow
 
@@ -161,8 +161,8 @@ def test_missing_illum_columns_and_platemap_problems_are_named(tmp_path: Path) -
     table.drop(columns=[c for c in table.columns if "Illum" in c]).to_csv(plate.load_data, index=False)
     with pytest.raises(InputError, match="names no illumination function for DNA"):
         _run(plate.root, tmp_path / "out", settings=PrepareSettings(illum="given"))
-    pd.DataFrame({"Well": ["A01"]}).to_csv(plate.platemap, index=False)
-    with pytest.raises(InputError, match="lacks Metadata_Well"):
+    pd.DataFrame({"Position": ["A01"]}).to_csv(plate.platemap, index=False)
+    with pytest.raises(InputError, match="no Metadata_Well column"):
         read_platemap(plate.platemap)
     pd.DataFrame({"Metadata_Well": ["A01"], "Metadata_Treatment": ["x"]}).to_csv(plate.platemap, index=False)
     result = _run(plate.root, tmp_path / "out", settings=PrepareSettings(illum="none"))

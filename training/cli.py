@@ -325,7 +325,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from cpcnn.training.prepare import (
         PrepareSettings,
         prepare,
-        read_platemap,
         sites_from_index,
         sites_from_load_data,
     )
@@ -344,6 +343,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             raise InputError("--load-data needs --locations (the nuclei table or folder of the plate)")
         sites = sites_from_load_data(args.load_data, channels=settings.channels)
         locations = open_locations(args.locations)
+    from cpcnn.plates.platemap import read_platemap
+
     platemap = read_platemap(args.platemap) if args.platemap is not None else None
     result = prepare(
         sites, args.out, settings=settings, locations=locations, platemap=platemap, workers=args.workers,

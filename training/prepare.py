@@ -132,22 +132,6 @@ def sites_from_load_data(path: Path, *, channels: Sequence[str] = CHANNELS) -> l
     return [PrepSite(spec) for spec in read_load_data(Path(path), model_channels=channels)]
 
 
-def read_platemap(path: Path) -> pd.DataFrame:
-    """Platemap CSV: ``Metadata_Well`` (and optionally ``Metadata_Plate``) plus label columns, as text."""
-    from cpcnn.profiles.tables import read_csv_table
-
-    table = read_csv_table(Path(path), what=f"platemap {Path(path).name}")
-    if "Metadata_Well" not in table.columns:
-        raise InputError(f"platemap {Path(path).name} lacks Metadata_Well; found {', '.join(table.columns)}")
-    keys = [c for c in ("Metadata_Plate", "Metadata_Well") if c in table.columns]
-    table = table.astype(str)
-    duplicated = table.duplicated(keys)
-    if duplicated.any():
-        row = table[duplicated].iloc[0]
-        raise InputError(f"platemap {Path(path).name} lists {', '.join(row[k] for k in keys)} twice")
-    return table
-
-
 # --- workers (top-level functions: they run in other processes) -----------------------------------------
 
 

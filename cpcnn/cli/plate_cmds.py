@@ -69,8 +69,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from cpcnn.plates.output import PlateOutput, check_platemap, read_platemap
+    from cpcnn.plates.output import PlateOutput
     from cpcnn.plates.pipeline import profile_plate
+    from cpcnn.plates.platemap import check_platemap, read_platemap
 
     started = time.perf_counter()
     sites, locations = _sites_and_locations(args)

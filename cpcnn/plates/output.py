@@ -16,14 +16,12 @@ from typing import Any
 
 import pandas as pd
 
-from cpcnn.errors import InputError
 from cpcnn.io.cells import SITE_KEYS
 from cpcnn.io.durable import write_bytes_durably, write_durably
+from cpcnn.plates.platemap import WELL_KEYS
 from cpcnn.plates.sites import SiteSpec
 from cpcnn.profiles.aggregate import aggregate
 from cpcnn.profiles.tables import COUNT_CELLS, COUNT_ROWS, metadata_columns, write_profiles
-
-WELL_KEYS = ("Metadata_Plate", "Metadata_Well")
 
 
 class PlateOutput:
@@ -130,54 +128,3 @@ def well_profiles(sites: pd.DataFrame, platemap: pd.DataFrame | None) -> pd.Data
     meta = [*WELL_KEYS, *annotations, *(c for c in metadata_columns(wells) if c not in WELL_KEYS)]
     features = [c for c in wells.columns if c not in set(meta)]
     return joined.loc[:, meta + features]
-
-
-def check_platemap(platemap: pd.DataFrame, sites: list[SiteSpec], *, source: str) -> pd.DataFrame:
-    """A platemap that annotates every well of ``sites`` and names no well outside them (one line each).
-
-    Keyed by ``Metadata_Well`` (plus ``Metadata_Plate`` when it has that column); a duplicate key is an
-    error, as is a well the plate does not have (a typo would otherwise silently annotate nothing).
-    """
-    table = platemap.copy()
-    if "Metadata_Well" not in table.columns:
-        raise InputError(f"platemap {source} has no Metadata_Well column (columns: {', '.join(map(str, table.columns))})")
-    on = [k for k in WELL_KEYS if k in table.columns]
-    for key in on:
-        table[key] = table[key].astype(str).str.strip()
-    duplicated = table.duplicated(subset=on)
-    if duplicated.any():
-        first = table.loc[duplicated, on].iloc[0].tolist()
-        raise InputError(f"platemap {source} lists well {' '.join(first)} more than once")
-    plate_wells = {tuple((s.plate, s.well)[-len(on):]) for s in sites}
-    listed = {tuple(row) for row in table.loc[:, on].itertuples(index=False)}
-    unknown = sorted(listed - plate_wells)
-    if unknown:
-        shown = ", ".join(" ".join(k) for k in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        raise InputError(f"platemap {source} names {len(unknown)} well(s) the plate does not have: {shown}")
-    unannotated = sorted(plate_wells - listed)
-    if unannotated:
-        shown = ", ".join(" ".join(k) for k in unannotated[:5]) + (" ..." if len(unannotated) > 5 else "")
-        raise InputError(f"platemap {source} has no row for {len(unannotated)} well(s): {shown}")
-    return table
-
-
-def read_platemap(path: Path) -> pd.DataFrame:
-    """A platemap CSV (or JUMP's tab-separated ``.txt``) -> ``Metadata_Well`` plus ``Metadata_*`` annotations.
-
-    JUMP's ``well_position`` is read as ``Metadata_Well`` and every other column not already named
-    ``Metadata_*`` gets that prefix, so no annotation is ever taken for a feature downstream.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"platemap {path} does not exist")
-    sep = "\t" if path.suffix.lower() in (".txt", ".tsv") else ","
-    try:
-        table = pd.read_csv(path, sep=sep, dtype={"Metadata_Well": str, "Metadata_Plate": str, "well_position": str})
-    except (ValueError, OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"platemap {path.name} is not a readable table: {exc}") from exc
-    if "Metadata_Well" not in table.columns and "well_position" in table.columns:
-        table = table.rename(columns={"well_position": "Metadata_Well"})
-    table = table.rename(columns={c: c if c.startswith("Metadata_") else f"Metadata_{c}" for c in table.columns})
-    if table.empty:
-        raise InputError(f"platemap {path.name} has no rows")
-    return table

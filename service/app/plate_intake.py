@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cpcnn.service.config import ApiSettings
 from cpcnn.service.plate_paths import AllowedRoots
-from cpcnn.service.plate_store import PlateSpec, read_platemap
+from cpcnn.service.plate_store import PlateSpec, checked_platemap
 
 from cpcnn.errors import InputError, PayloadTooLarge
 from cpcnn.plates.sites import SiteSpec
@@ -135,5 +135,5 @@ def _check_platemap(platemap: str | None, sites: list[SiteSpec], roots: AllowedR
     path = roots.check(platemap, what="platemap")
     if not path.is_file():
         raise InputError(f"platemap {platemap} does not exist")
-    read_platemap(path, sites)
+    checked_platemap(path, sites)
     return str(path)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from cpcnn.service import lifecycle, plate_lifecycle
-from cpcnn.service.plate_store import PlateSpec, PlateStore, parse_site_job_id, read_platemap
+from cpcnn.service.plate_store import PlateSpec, PlateStore, checked_platemap, parse_site_job_id
 
 from cpcnn.errors import CpcnnError, InputError
 
@@ -136,7 +136,7 @@ def write_plate_tables(plates: PlateStore, spec: PlateSpec) -> dict[str, Any]:
         "sites_failed": progress.failed, "cells": progress.cells, "failed": failed,
     }
     if progress.done:
-        platemap = read_platemap(Path(spec.platemap), plates.sites(spec.id)) if spec.platemap else None
+        platemap = checked_platemap(Path(spec.platemap), plates.sites(spec.id)) if spec.platemap else None
         plates.output(spec.id).finish(platemap=platemap, run=run)
     return {"sites_done": progress.done, "sites_failed": progress.failed, "cells": progress.cells}
 
