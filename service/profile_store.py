@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cpcnn.errors import InputError, NotFoundError
-from cpcnn.io.durable import STALE_TEMPORARY_S, remove_stale, replace_durably
+from cpcnn.io.durable import STALE_TEMPORARY_S, remove_stale, replace_durably, write_durably
 from cpcnn.profiles import Library, Sphering
 from cpcnn.profiles.sphering import read_sphering_info
 from cpcnn.profiles.tables import ROW_GROUP_ROWS, check_finite, feature_columns, is_metadata, metadata_columns
@@ -118,7 +118,7 @@ class ProfileStore:
                 {**(arrow.schema.metadata or {}), _TABLE_META: json.dumps(info)}
             )
             meta = metadata_columns(table)
-            _atomic(
+            write_durably(
                 path,
                 lambda tmp: pq.write_table(
                     arrow, tmp, row_group_size=ROW_GROUP_ROWS, use_dictionary=meta or False
@@ -170,7 +170,7 @@ class ProfileStore:
     def put_transform(self, sphering: Sphering, transform_id: str) -> TransformPublic:
         path = self.transform_path(transform_id)
         if not path.is_file():
-            _atomic(path, sphering.save)
+            write_durably(path, sphering.save)
         return self.transform_public(transform_id)
 
     def transform(self, transform_id: str) -> Sphering:
@@ -306,18 +306,6 @@ def _check_finite_columns(table: pd.DataFrame, *, what: str) -> None:
 
 def _sorted(items: Iterator[Any]) -> list[Any]:
     return sorted(items, key=lambda item: (item.created_at, item.id))
-
-
-def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    """``write(tmp)`` then rename onto ``path``: readers see the whole file or none."""
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        replace_durably(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _delete(path: Path, what: str) -> None:

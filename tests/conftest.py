@@ -17,6 +17,8 @@ run that deselects ``slow`` fails if anything imported torch anyway.
 from __future__ import annotations
 
 import ast
+import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +28,7 @@ import httpx
 import pytest
 from _plate import Plate, build_plate, run_chain
 from _pytest.mark.expression import Expression
-from _servers import live_server, wait_ready
+from _servers import REPO_ROOT, live_server, wait_ready
 from _tiny_model import locations_csv, save_tiny_model, synthetic_site, tiff_bytes
 
 from cpcnn._types import CHANNELS
@@ -193,3 +195,47 @@ def site() -> dict[str, Any]:
 def planes_and_centers() -> tuple[dict[str, Any], Any]:
     planes, centers = synthetic_site(size=200, n_cells=4, seed=3)
     return {c: planes[c] for c in CHANNELS}, centers
+
+
+# --- a real browser for the web console (Debian's chromium + chromium-driver; never downloaded) ----------
+
+CHROMEDRIVER = Path(os.environ.get("CPCNN_CHROMEDRIVER", "/usr/bin/chromedriver"))
+SCREENSHOTS = Path(os.environ.get("CPCNN_UI_SCREENSHOTS", REPO_ROOT / "build" / "ui-screenshots"))
+WINDOW = (1280, 800)
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """One headless Chromium per module, 1280x800, downloads disabled."""
+    binary = _chromium()
+    if binary is None or not CHROMEDRIVER.is_file():
+        pytest.skip("chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 f"--window-size={WINDOW[0]},{WINDOW[1]}", "--force-device-scale-factor=1"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver.set_window_size(*WINDOW)
+    driver.implicitly_wait(0)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="session")
+def screenshots() -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    return SCREENSHOTS

@@ -34,6 +34,13 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--plate", default="", help="Metadata_Plate to record")
     parser.add_argument("--well", default="", help="Metadata_Well to record")
     parser.add_argument("--site", default="", help="Metadata_Site to record")
+    add_inference_args(parser)
+    parser.set_defaults(func=cmd_embed)
+
+
+def add_inference_args(parser: argparse.ArgumentParser) -> None:
+    """How crops are made and run (normalization, device, batch size, threads, image size cap): the same
+    options wherever cells are embedded locally."""
     parser.add_argument("--normalization", choices=NORMALIZATIONS, help="override the model's crop normalization")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument(
@@ -41,7 +48,6 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     parser.add_argument("--threads", type=int, help="inference threads (default: all cores)")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
-    parser.set_defaults(func=cmd_embed)
 
 
 def _batch_size(text: str) -> int | str:

@@ -10,9 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cpcnn._types import NORMALIZATIONS
-from cpcnn.cli.embed_cmds import _batch_size
-from cpcnn.io.images import DEFAULT_MAX_PIXELS
+from cpcnn.cli.embed_cmds import add_inference_args
 
 if TYPE_CHECKING:
     from cpcnn.plates.locations import LocationSource
@@ -57,13 +55,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--server", metavar="URL", help="embed through a running cpcnn service")
     parser.add_argument("--api-key", help="the service's API key (default: $CPCNN_API_KEY)")
     parser.add_argument("--max-in-flight", type=int, default=4, help="sites in the service at once (--server)")
-    parser.add_argument("--normalization", choices=NORMALIZATIONS, help="override the model's crop normalization")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument(
-        "--batch-size", type=_batch_size, help="cells per inference call, or 'auto' to measure the fastest"
-    )
-    parser.add_argument("--threads", type=int, help="inference threads (default: all cores)")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images")
+    add_inference_args(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=cmd_profile)
 

@@ -87,8 +87,9 @@ def write_bytes_durably(path: Path, data: bytes) -> None:
 
 def write_durably(path: Path, write: Callable[[Path], object]) -> Path:
     """``write(temporary)`` then rename it onto ``path``: a killed writer leaves only a dot-named
-    temporary, never a partial ``path`` (for writers that need a file name, e.g. Parquet)."""
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    temporary, never a partial ``path`` (for writers that need a file name, e.g. Parquet). The
+    temporary keeps ``path``'s suffix, so writers that choose a format by suffix choose the same one."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
     os.close(fd)
     tmp = Path(name)
     try:

@@ -28,7 +28,7 @@ from typing import Any
 from cpcnn._types import CHANNELS
 from cpcnn.errors import InputError, PayloadTooLarge
 from cpcnn.plates.locations import DeepProfilerLocations, LocationSource
-from cpcnn.plates.sites import SiteSpec
+from cpcnn.plates.sites import SiteSpec, check_unique_sites
 from cpcnn.profiles.tables import csv_header, read_csv_table
 
 SITE_COLUMNS = ("Metadata_Plate", "Metadata_Well", "Metadata_Site")
@@ -146,7 +146,6 @@ def _read_index(path: Path, images: Path, names: Mapping[str, str]) -> list[Site
         raise InputError(f"DeepProfiler index {path} has no rows")
     table = table.fillna("")
     sites: list[SiteSpec] = []
-    first_line: dict[tuple[str, str, str], int] = {}
     for offset, row in enumerate(table.itertuples(index=False, name=None)):
         line = offset + 2  # the header is line 1
         values = dict(zip(wanted, (str(v).strip() for v in row), strict=True))
@@ -156,11 +155,6 @@ def _read_index(path: Path, images: Path, names: Mapping[str, str]) -> list[Site
                 raise InputError(f"DeepProfiler index {path} line {line}: column {name} is empty")
             files[channel] = images / values[name]  # an absolute value is used as is
         site = SiteSpec(values["Metadata_Plate"], values["Metadata_Well"], values["Metadata_Site"], files, row=line)
-        if site.key in first_line:
-            raise InputError(
-                f"duplicate site in {path.name}: plate {site.plate} well {site.well} site {site.site} "
-                f"on lines {first_line[site.key]} and {line}"
-            )
-        first_line[site.key] = line
         sites.append(site)
+    check_unique_sites(sites, source=path.name)
     return sites

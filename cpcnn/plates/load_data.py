@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cpcnn._types import CHANNELS
 from cpcnn.errors import InputError
-from cpcnn.plates.sites import SiteSpec
+from cpcnn.plates.sites import SiteSpec, check_unique_sites
 
 SITE_COLUMNS = ("Metadata_Plate", "Metadata_Well", "Metadata_Site")
 #: Prefix of JUMP's raw-image names (``OrigDNA``) and of its illumination functions (``IllumDNA``).
@@ -87,7 +87,6 @@ def read_load_data(
     illum = {c: n for c, n in illum.items() if f"FileName_{n}" in header and f"PathName_{n}" in header}
     base = path.resolve().parent
     sites: list[SiteSpec] = []
-    first_line: dict[tuple[str, str, str], int] = {}
     for index, raw in enumerate(rows):
         row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
         line = index + 2  # the header is line 1
@@ -99,13 +98,8 @@ def read_load_data(
             illum={c: _file(base, row, n, path, line) for c, n in illum.items()},
             row=line,
         )
-        if site.key in first_line:
-            raise InputError(
-                f"duplicate site in {path.name}: plate {site.plate} well {site.well} site {site.site} "
-                f"on lines {first_line[site.key]} and {line}"
-            )
-        first_line[site.key] = line
         sites.append(site)
+    check_unique_sites(sites, source=path.name)
     return sites
 
 

@@ -91,8 +91,8 @@ class PlateOutput:
         self.root.mkdir(parents=True, exist_ok=True)
         sites = self.site_profiles()
         wells = well_profiles(sites, platemap)
-        write_durably(self.sites_path, lambda tmp: _write_parquet(sites, tmp))
-        write_durably(self.wells_path, lambda tmp: _write_parquet(wells, tmp))
+        write_durably(self.sites_path, lambda tmp: write_profiles(sites, tmp))
+        write_durably(self.wells_path, lambda tmp: write_profiles(wells, tmp))
         if jump_layout:
             from cpcnn.plates.jump import write_jump_wells
 
@@ -105,13 +105,6 @@ class PlateOutput:
         """Replace ``run.json`` atomically (a run writes it at start, marked incomplete, and at the end)."""
         self.root.mkdir(parents=True, exist_ok=True)
         write_bytes_durably(self.run_path, (json.dumps(run, indent=2, allow_nan=False) + "\n").encode())
-
-
-def _write_parquet(table: pd.DataFrame, path: Path) -> None:
-    """``write_profiles`` picks the format by suffix; the temporary's name ends in ``.parquet-XXXX``."""
-    target = path.with_name(path.name + ".parquet")
-    write_profiles(table, target)
-    target.replace(path)
 
 
 def well_profiles(sites: pd.DataFrame, platemap: pd.DataFrame | None) -> pd.DataFrame:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from cpcnn.errors import InputError
 
 #: Characters kept in file names made from plate, well and site names; anything else becomes ``_``.
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -41,3 +44,15 @@ class SiteSpec:
 def file_safe(text: str) -> str:
     """One plate, well or site name as a file-name part: anything but ``A-Za-z0-9._-`` becomes ``_``."""
     return _UNSAFE.sub("_", text)
+
+
+def check_unique_sites(sites: Sequence[SiteSpec], *, source: str) -> None:
+    """Each (plate, well, site) once: a second row for a site would overwrite the first one's cells."""
+    first: dict[tuple[str, str, str], SiteSpec] = {}
+    for site in sites:
+        earlier = first.setdefault(site.key, site)
+        if earlier is not site:
+            raise InputError(
+                f"duplicate site in {source}: plate {site.plate} well {site.well} site {site.site} "
+                f"on lines {earlier.row} and {site.row}"
+            )

@@ -84,18 +84,7 @@ def prepare(sub: Submission, job_id: str, manifest: ModelManifest, limits: Limit
         raise InputError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {sub.normalization!r}")
     image = read_image(sub, manifest, limits)
     height, width = image.shape[:2]
-    cells: Locations | None = None
-    if sub.locations is not None:
-        if sub.detect_nuclei:
-            raise InputError("send either locations or detect_nuclei=true, not both")
-        try:
-            text = sub.locations.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise InputError("locations must be UTF-8 text (CSV or JSON)") from exc
-        cells = parse_locations(text, max_cells=limits.max_cells)  # counted while parsing
-        check_boxes_overlap(cells.centers, height, width, crop_size=manifest.crop_size)
-    elif not sub.detect_nuclei:
-        raise InputError("no locations: upload a 'locations' part (CSV or JSON) or set detect_nuclei=true")
+    cells = uploaded_locations(sub, (height, width), manifest, limits)
     spec = JobSpec(
         id=job_id, model=manifest.name, normalization=sub.normalization or manifest.normalization,
         metadata=sub.metadata, detect_nuclei=sub.detect_nuclei,
@@ -103,6 +92,26 @@ def prepare(sub: Submission, job_id: str, manifest: ModelManifest, limits: Limit
         image=ImageInfo(width=width, height=height, channels=list(manifest.channels)),
     )
     return spec, _compact(image), cells
+
+
+def uploaded_locations(
+    sub: Submission, shape: tuple[int, int], manifest: ModelManifest, limits: Limits
+) -> Locations | None:
+    """The uploaded locations, parsed (counted while parsing) and checked against the image's ``shape``
+    (H, W); None when nuclei are to be detected. Exactly one of the two must be asked for."""
+    if sub.locations is None:
+        if not sub.detect_nuclei:
+            raise InputError("no locations: upload a 'locations' part (CSV or JSON) or set detect_nuclei=true")
+        return None
+    if sub.detect_nuclei:
+        raise InputError("send either locations or detect_nuclei=true, not both")
+    try:
+        text = sub.locations.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError("locations must be UTF-8 text (CSV or JSON)") from exc
+    cells = parse_locations(text, max_cells=limits.max_cells)
+    check_boxes_overlap(cells.centers, shape[0], shape[1], crop_size=manifest.crop_size)
+    return cells
 
 
 def read_image(sub: Submission, manifest: ModelManifest, limits: Limits) -> np.ndarray:

@@ -47,8 +47,8 @@ def shoot(driver: Any, folder: Path, name: str) -> None:
     driver.set_window_size(width, height)
 
 
-def test_service_page_shows_a_live_worker(browser: Any, console_url: str, screenshots: Path) -> None:
-    browser.get(f"{console_url}/")
+def test_service_page_shows_a_live_worker(browser: Any, server_url: str, screenshots: Path) -> None:
+    browser.get(f"{server_url}/")
     assert browser.current_url.endswith("/ui")
     wait_for(browser, "document.querySelector('[data-testid=worker-row]')")
     row = by_testid(browser, "worker-row").text
@@ -60,9 +60,9 @@ def test_service_page_shows_a_live_worker(browser: Any, console_url: str, screen
 
 
 def test_upload_of_the_real_site_shows_41_nuclei_crops_and_the_result(
-    browser: Any, console_url: str, screenshots: Path
+    browser: Any, server_url: str, screenshots: Path
 ) -> None:
-    browser.get(f"{console_url}/ui#try")
+    browser.get(f"{server_url}/ui#try")
     assert by_testid(browser, "upload-form").is_displayed()
     for channel, code in SAMPLE_CHANNELS.items():
         by_testid(browser, f"file-{channel}").send_keys(str(SAMPLE / f"r03c03f03p01-{code}sk1fk1fl1.tiff"))
@@ -88,20 +88,20 @@ def test_upload_of_the_real_site_shows_41_nuclei_crops_and_the_result(
         "const done = arguments[1]; api('GET', `/v1/jobs/${arguments[0]}/result?format=json`)"
         ".then((r) => done(cellsCsv(r)), (e) => done(String(e)))", job_id)
     shown = pd.read_csv(io.StringIO(csv_text), keep_default_na=False)
-    stored = pd.read_parquet(io.BytesIO(httpx.get(f"{console_url}/v1/jobs/{job_id}/result?format=parquet").content))
+    stored = pd.read_parquet(io.BytesIO(httpx.get(f"{server_url}/v1/jobs/{job_id}/result?format=parquet").content))
     assert list(shown.columns) == list(stored.columns) and len(shown) == 41
     np.testing.assert_allclose(shown.filter(like="efficientnet_").to_numpy(),
                                stored.filter(like="efficientnet_").to_numpy(), rtol=1e-6)
     assert list(shown["Metadata_ObjectNumber"]) == list(stored["Metadata_ObjectNumber"])
     assert (shown["Metadata_Well"] == EVIL).all()
-    browser.get(f"{console_url}/ui#service")
+    browser.get(f"{server_url}/ui#service")
     wait_for(browser, "document.querySelector('#recent-jobs code')")
     assert f"BR00143976 / {EVIL}" in by_testid(browser, "recent-jobs").text  # the typed well, as text
     assert browser.execute_script("return window.__pwned") is None
 
 
-def test_the_bundled_example_runs_with_one_click(browser: Any, console_url: str) -> None:
-    browser.get(f"{console_url}/ui#try")
+def test_the_bundled_example_runs_with_one_click(browser: Any, server_url: str) -> None:
+    browser.get(f"{server_url}/ui#try")
     wait_for(browser, "!document.querySelector('[data-testid=use-example]').hidden")
     by_testid(browser, "use-example").click()
     wait_for(browser, "document.querySelectorAll('[data-testid=nucleus-marker]').length >= 41", timeout=120)
@@ -111,11 +111,11 @@ def test_the_bundled_example_runs_with_one_click(browser: Any, console_url: str)
 
 
 @pytest.fixture(scope="module")
-def stored_profiles(console_url: str) -> dict[str, Any]:
+def stored_profiles(server_url: str) -> dict[str, Any]:
     table = synthetic_profiles()
     table.loc[table.index[-1], "Metadata_moa"] = EVIL
     body = table.to_csv(index=False).encode()
-    with httpx.Client(base_url=console_url) as client:
+    with httpx.Client(base_url=server_url) as client:
         stored = client.post("/v1/tables", files={"file": (f"{EVIL}.csv", body, "text/csv")}).json()
         library = client.post("/v1/libraries", json={"table_id": stored["id"], "id_column": "Metadata_broad_sample",
                                                      "annotations": ["Metadata_moa"]}).json()
@@ -123,11 +123,11 @@ def stored_profiles(console_url: str) -> dict[str, Any]:
 
 
 def test_profiles_map_match_and_evaluation(
-    browser: Any, console_url: str, screenshots: Path, stored_profiles: dict[str, Any]
+    browser: Any, server_url: str, screenshots: Path, stored_profiles: dict[str, Any]
 ) -> None:
     from selenium.webdriver.support.ui import Select
 
-    browser.get(f"{console_url}/ui#profiles")
+    browser.get(f"{server_url}/ui#profiles")
     wait_for(browser, "document.querySelector('#map-table option')")
     assert stored_profiles["table"]["name"] in by_testid(browser, "tables").text  # the file name, as text
     Select(by_testid(browser, "map-color")).select_by_value("Metadata_moa")
@@ -186,8 +186,8 @@ def test_plate_jobs_show_their_progress(browser: Any, tmp_path: Path) -> None:
     assert "running" in row and "2 / 8 sites (25 %), 1 failed" in row and "82" in row and "30 s" in row
 
 
-def test_dark_theme_is_kept_and_readable(browser: Any, console_url: str, screenshots: Path) -> None:
-    browser.get(f"{console_url}/ui#service")
+def test_dark_theme_is_kept_and_readable(browser: Any, server_url: str, screenshots: Path) -> None:
+    browser.get(f"{server_url}/ui#service")
     wait_for(browser, "document.querySelector('[data-testid=worker-row]')")
     if browser.execute_script("return document.documentElement.dataset.theme") != "dark":
         by_testid(browser, "theme-toggle").click()
@@ -195,22 +195,22 @@ def test_dark_theme_is_kept_and_readable(browser: Any, console_url: str, screens
     assert background == "rgb(15, 17, 21)"
     browser.refresh()
     assert browser.execute_script("return document.documentElement.dataset.theme") == "dark"
-    browser.get(f"{console_url}/ui#try")
+    browser.get(f"{server_url}/ui#try")
     shoot(browser, screenshots, "try-dark")
-    browser.get(f"{console_url}/ui#service")
+    browser.get(f"{server_url}/ui#service")
     wait_for(browser, "document.querySelector('[data-testid=worker-row]')")
     shoot(browser, screenshots, "service-dark")
     by_testid(browser, "theme-toggle").click()
 
 
 def test_pages_fit_a_small_laptop_screen(
-    browser: Any, console_url: str, screenshots: Path, stored_profiles: dict[str, Any]
+    browser: Any, server_url: str, screenshots: Path, stored_profiles: dict[str, Any]
 ) -> None:
     size = browser.get_window_size()
     browser.set_window_size(1024, 640)
     try:
         for page in ("service", "try", "profiles"):
-            browser.get(f"{console_url}/ui#{page}")
+            browser.get(f"{server_url}/ui#{page}")
             wait_for(browser, f"!document.querySelector('#page-{page}').hidden")
             if page == "profiles":
                 wait_for(browser, "document.querySelector('#map-table option')")
@@ -222,8 +222,8 @@ def test_pages_fit_a_small_laptop_screen(
         browser.set_window_size(size["width"], size["height"])
 
 
-def test_keyboard_reaches_the_main_controls(browser: Any, console_url: str) -> None:
-    browser.get(f"{console_url}/ui#try")
+def test_keyboard_reaches_the_main_controls(browser: Any, server_url: str) -> None:
+    browser.get(f"{server_url}/ui#try")
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 import numpy as np
 from cpcnn.service.app.deps import ApiKeyDep, ModelStoreDep, SettingsDep
-from cpcnn.service.app.intake import Submission, read_image, read_part
+from cpcnn.service.app.intake import Submission, read_image, read_part, uploaded_locations
 from cpcnn.service.app.problems import problem_responses
 from cpcnn.service.config import Limits
 from fastapi import APIRouter, File, Form, Request, UploadFile
@@ -20,9 +20,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from cpcnn._types import CHANNELS
-from cpcnn.crops import check_boxes_overlap
 from cpcnn.errors import InputError, NotFoundError, UnsupportedMedia
-from cpcnn.locations import Locations, parse_locations
+from cpcnn.locations import Locations
 from cpcnn.manifest import ModelManifest
 from cpcnn.preview import composite as false_colour
 from cpcnn.preview import encode_png, network_crops
@@ -128,18 +127,9 @@ def build_preview(sub: Submission, manifest: ModelManifest, limits: Limits, rows
 
 
 def _cells(sub: Submission, image: np.ndarray, manifest: ModelManifest, limits: Limits) -> Locations:
-    if sub.locations is not None:
-        if sub.detect_nuclei:
-            raise InputError("send either locations or detect_nuclei=true, not both")
-        try:
-            text = sub.locations.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise InputError("locations must be UTF-8 text (CSV or JSON)") from exc
-        cells = parse_locations(text, max_cells=limits.max_cells)
-        check_boxes_overlap(cells.centers, image.shape[0], image.shape[1], crop_size=manifest.crop_size)
+    cells = uploaded_locations(sub, image.shape[:2], manifest, limits)
+    if cells is not None:
         return cells
-    if not sub.detect_nuclei:
-        raise InputError("no locations: upload a 'locations' part (CSV or JSON) or set detect_nuclei=true")
     from cpcnn.nuclei import detect_nuclei
 
     dna = [c.lower() for c in manifest.channels].index("dna")
