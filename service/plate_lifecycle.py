@@ -32,8 +32,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from cpcnn.service.job_store import utcnow
 from cpcnn.service.lifecycle import AttemptCounter
-from cpcnn.service.plate_store import PlateSpec, PlateStore, site_job_id, utcnow
+from cpcnn.service.plate_store import PlateSpec, PlateStore, site_job_id
 from cpcnn.service.queue import JobQueue
 
 from cpcnn.errors import NotFoundError, UnavailableError

@@ -28,10 +28,11 @@ import shutil
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cpcnn.service.job_store import utcnow
 from pydantic import BaseModel, Field
 
 from cpcnn.errors import NotFoundError
@@ -48,10 +49,6 @@ _PLATE_ID = re.compile(r"[0-9a-f]{32}")
 _SITE_JOB = re.compile(r"([0-9a-f]{32})-([0-9]{1,9})")
 #: A finishing lock older than this belongs to a process that died while writing the plate tables.
 STALE_FINISH_S = 600.0
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class PlateSpec(BaseModel):
