@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -89,3 +90,16 @@ def test_dockerfiles_pin_the_runtime() -> None:
         for source in re.findall(r"^COPY (\S+) ", dockerfile, flags=re.M):
             for path in source.split():
                 assert (REPO_ROOT / path).exists(), path
+
+
+def test_plates_volume_is_shared_read_only_and_allowed(compose: dict[str, Any]) -> None:
+    """Plate jobs read the lab's images where both the API (path checks) and the workers (decoding) see
+    them, at the one path the API allows; results go to the data volume, so the images stay read-only."""
+    from cpcnn.service.config import PlateSettings
+
+    for name in ("api", "worker", "worker-cpu"):
+        service = compose["services"][name]
+        mounts = [v for v in service["volumes"] if v.endswith(":/plates:ro")]
+        assert len(mounts) == 1, name
+        roots = service["environment"]["CPCNN_PLATES__ROOTS"]
+        assert PlateSettings.model_validate({"roots": roots}).roots == [Path("/plates")], name
