@@ -13,7 +13,8 @@ from _plate_files import PLATE, write_plate
 from cpcnn._types import CHANNELS
 from cpcnn.errors import CpcnnError, InputError
 from cpcnn.io.images import read_site
-from cpcnn.plates.load_data import illum_name, parse_channel_names, read_load_data
+from cpcnn.cli.main import main as main_cli
+from cpcnn.plates.load_data import illum_name, parse_channel_names, parse_path_map, read_load_data
 from cpcnn.plates.pipeline import load_site
 
 
@@ -112,3 +113,37 @@ def test_missing_image_names_the_file(tmp_path: Path) -> None:
     site.images["ER"].unlink()
     with pytest.raises(InputError, match="ER image .*A01_s1_ER.tiff"):
         load_site(site)
+
+
+def test_jump_load_data_with_gallery_urls_reads_a_local_mirror(tmp_path: Path) -> None:
+    """JUMP's load_data_with_illum.csv as published: extra metadata columns, s3:// folders with a trailing
+    slash, integer sites; a mirrored Gallery is read through --path-map, the CSV left as it is."""
+    files = write_plate(tmp_path / "mirror" / "cpg0016-jump" / "source_4", wells=("A01",), sites=2)
+    table = pd.read_csv(files.load_data)
+    local = str(tmp_path / "mirror")
+    for column in [c for c in table.columns if c.startswith("PathName_")]:
+        table[column] = [
+            "s3://cellpainting-gallery/cpg0016-jump/source_4/" + str(p).strip("/") + "/" for p in table[column]
+        ]
+    table.insert(0, "Metadata_Source", "source_4")
+    table.insert(1, "Metadata_Batch", "2021_04_26_Batch1")
+    jump_csv = tmp_path / "load_data_with_illum.csv"
+    table.to_csv(jump_csv, index=False)
+
+    sites = read_load_data(jump_csv, path_map={"s3://cellpainting-gallery/": local})
+    assert [s.key for s in sites] == [(PLATE, "A01", "1"), (PLATE, "A01", "2")]
+    assert all(p.is_file() for s in sites for p in [*s.images.values(), *s.illum.values()])
+    with pytest.raises(InputError, match=r"s3:// URL .*--path-map s3://BUCKET/=/local/folder/"):
+        read_load_data(jump_csv)
+    out = tmp_path / "profile"
+    code = main_cli([
+        "profile", "--load-data", str(jump_csv), "--path-map", f"s3://cellpainting-gallery/={local}",
+        "--locations", str(files.nuclei), "--model", "missing-model", "--out", str(out),
+    ])
+    assert code == 1 and not out.exists()  # sites resolved; only the model is missing
+
+
+@pytest.mark.parametrize("item", ["s3://bucket/", "=/local", "noequals"])
+def test_bad_path_maps_are_one_line_errors(item: str) -> None:
+    with pytest.raises(InputError, match="--path-map expects PREFIX=LOCAL_FOLDER"):
+        parse_path_map([item])

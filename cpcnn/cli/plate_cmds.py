@@ -45,6 +45,10 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "--channel", action="append", default=[], metavar="CHANNEL=NAME",
         help="LoadData name of a model channel, e.g. --channel DNA=OrigHoechst (default OrigDNA, OrigRNA, ...)",
     )
+    parser.add_argument(
+        "--path-map", action="append", default=[], metavar="PREFIX=FOLDER",
+        help="read LoadData paths starting with PREFIX from FOLDER, e.g. s3://cellpainting-gallery/=/data/cpg/",
+    )
     parser.add_argument("--illum", action="store_true", help="divide by the LoadData's illumination functions")
     parser.add_argument("--platemap", type=Path, help="CSV (or JUMP .txt) with Metadata_Well (or well_position)")
     parser.add_argument("--jump-layout", action="store_true", help="also write wells as JUMP's CNN profiles")
@@ -107,9 +111,11 @@ def _sites_and_locations(args: argparse.Namespace) -> tuple[list[SiteSpec], Loca
         renamed = parse_channel_names(args.channel, defaults={}) if args.channel else None
         sites, locations = read_deepprofiler_project(args.deepprofiler_project, channels=renamed)
     else:
-        from cpcnn.plates.load_data import parse_channel_names, read_load_data
+        from cpcnn.plates.load_data import parse_channel_names, parse_path_map, read_load_data
 
-        sites = read_load_data(args.load_data, channels=parse_channel_names(args.channel))
+        sites = read_load_data(
+            args.load_data, channels=parse_channel_names(args.channel), path_map=parse_path_map(args.path_map)
+        )
     if args.locations:
         from cpcnn.plates.locations import open_locations
 
@@ -178,6 +184,7 @@ def _settings(args: argparse.Namespace, model: dict[str, Any], locations: Locati
             "deepprofiler_project": str(args.deepprofiler_project) if args.deepprofiler_project else None,
             "locations": locations.describe(),
             "channels": args.channel,
+            "path_map": args.path_map,
             "illum": args.illum,
             "normalization": args.normalization or model.get("normalization"),
             "platemap": str(args.platemap) if args.platemap else None,

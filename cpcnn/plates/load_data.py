@@ -5,6 +5,10 @@ A LoadData CSV lists one field of view per row: ``Metadata_Plate``, ``Metadata_W
 channels ``OrigDNA``, ``OrigRNA``, ... and, in ``load_data_with_illum.csv``, its illumination functions
 ``IllumDNA``, ...). Relative ``PathName`` values are resolved against the CSV's folder. Files are not
 opened here: a missing image is a skipped site for the pipeline, not a reason to refuse the plate.
+
+JUMP's CSVs name their files by URL (``s3://cellpainting-gallery/cpg0016-jump/...``); a lab that mirrors
+the Gallery maps such prefixes onto its own folders (``path_map``, ``--path-map``), so the CSV is used as
+it is. A URL nobody mapped is refused with the way to map it, never read as a relative folder.
 """
 
 from __future__ import annotations
@@ -57,11 +61,14 @@ def read_load_data(
     *,
     channels: Mapping[str, str] | None = None,
     model_channels: Sequence[str] = CHANNELS,
+    path_map: Mapping[str, str] | None = None,
 ) -> list[SiteSpec]:
     """Every row of a LoadData CSV as a site, in file order (see the module notes).
 
-    ``channels`` maps a model channel to its LoadData name (default ``OrigDNA`` etc.). Raises
-    InputError (one line) for unknown channels, missing columns, duplicate sites or an empty file.
+    ``channels`` maps a model channel to its LoadData name (default ``OrigDNA`` etc.); ``path_map``
+    replaces a ``PathName`` prefix (e.g. ``s3://cellpainting-gallery/``) with a local folder. Raises
+    InputError (one line) for unknown channels, missing columns, duplicate sites, an unmapped URL or an
+    empty file.
     """
     path = Path(path)
     names = dict(channels) if channels is not None else default_channel_names(model_channels)
@@ -94,8 +101,8 @@ def read_load_data(
             plate=row["Metadata_Plate"],
             well=row["Metadata_Well"],
             site=row["Metadata_Site"],
-            images={c: _file(base, row, names[c], path, line) for c in model_channels},
-            illum={c: _file(base, row, n, path, line) for c, n in illum.items()},
+            images={c: _file(base, row, names[c], path, line, path_map) for c in model_channels},
+            illum={c: _file(base, row, n, path, line, path_map) for c, n in illum.items()},
             row=line,
         )
         sites.append(site)
@@ -115,8 +122,31 @@ def _check_columns(path: Path, header: Sequence[str], names: Mapping[str, str]) 
         )
 
 
-def _file(base: Path, row: Mapping[str, str], name: str, path: Path, line: int) -> Path:
+def parse_path_map(items: Sequence[str]) -> dict[str, str]:
+    """``["s3://bucket/=/mnt/bucket/", ...]`` (CLI form) -> {prefix: local folder}."""
+    mapping: dict[str, str] = {}
+    for item in items:
+        prefix, sep, local = item.rpartition("=")
+        if not sep or not prefix or not local:
+            raise InputError(f"--path-map expects PREFIX=LOCAL_FOLDER (e.g. s3://cellpainting-gallery/=/data/cpg/), got {item!r}")
+        mapping[prefix] = local
+    return mapping
+
+
+def _file(
+    base: Path, row: Mapping[str, str], name: str, path: Path, line: int, path_map: Mapping[str, str] | None
+) -> Path:
     file_name, folder = row[f"FileName_{name}"], row[f"PathName_{name}"]
     if not file_name:
         raise InputError(f"LoadData file {path.name} line {line}: FileName_{name} is empty")
+    for prefix, local in sorted((path_map or {}).items(), key=lambda item: -len(item[0])):
+        if folder.startswith(prefix):
+            folder = local.rstrip("/") + "/" + folder[len(prefix) :].lstrip("/")
+            break
+    if "://" in folder:
+        scheme = folder.split("://", 1)[0]
+        raise InputError(
+            f"LoadData file {path.name} line {line}: PathName_{name} is a {scheme}:// URL ({folder}); cpcnn "
+            f"reads local files: mirror them and map the prefix, e.g. --path-map {scheme}://BUCKET/=/local/folder/"
+        )
     return base / folder / file_name
