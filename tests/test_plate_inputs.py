@@ -11,9 +11,9 @@ import tifffile
 from _plate_files import PLATE, write_plate
 
 from cpcnn._types import CHANNELS
+from cpcnn.cli.main import main as main_cli
 from cpcnn.errors import CpcnnError, InputError
 from cpcnn.io.images import read_site
-from cpcnn.cli.main import main as main_cli
 from cpcnn.plates.load_data import illum_name, parse_channel_names, parse_path_map, read_load_data
 from cpcnn.plates.pipeline import load_site
 
