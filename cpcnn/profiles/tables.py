@@ -30,7 +30,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from cpcnn._types import F32Array
-from cpcnn.errors import InputError, PayloadTooLarge
+from cpcnn.errors import InputError, PayloadTooLarge, UnsupportedMedia
 from cpcnn.profiles import _npz
 
 logger = logging.getLogger(__name__)
@@ -299,7 +299,9 @@ def csv_header(source: CsvSource, *, what: str) -> list[str]:
         text = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")
         try:
             header = next(csv.reader(text), None)
-        except (csv.Error, UnicodeDecodeError, OSError, EOFError, zlib.error) as exc:  # not text, a broken .gz
+        except UnicodeDecodeError as exc:
+            raise UnsupportedMedia(f"{what} is not UTF-8 CSV text ({str(exc)[:160]})") from exc
+        except (csv.Error, OSError, EOFError, zlib.error) as exc:  # a broken .gz
             raise InputError(f"{what}: unreadable CSV header ({str(exc)[:160]})") from exc
     if not header:
         raise InputError(f"{what}: the table is empty (no header row)")
