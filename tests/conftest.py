@@ -217,7 +217,10 @@ def browser() -> Iterator[object]:
     """One headless Chromium per module, 1280x800, downloads disabled."""
     binary = _chromium()
     if binary is None or not CHROMEDRIVER.is_file():
-        pytest.skip("chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
+        missing = "chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI") == "true":  # scripts/test.sh installs them: in CI their absence is a failure
+            pytest.fail(missing)
+        pytest.skip(missing)
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
 
