@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
-import tifffile
 import torch
 from _model_fixtures import keras_tensors, seeded_net, torch_threads, write_keras_h5
+from _train_index import write_index
 from cpcnn.model_export.importer import import_weights
 from cpcnn.training.augment import Augmentation, augment_batch, resized_crops
 from cpcnn.training.checkpoint import load_checkpoint
@@ -41,73 +41,10 @@ def train_cli(argv: list[str]) -> int:
     return main(["train", *argv])
 
 
-SIDE = 200
-CENTERS = ((60.0, 60.0), (140.0, 62.0), (58.0, 139.0), (141.0, 141.0), (100.0, 100.0))
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread() -> Iterator[None]:
     with torch_threads(1):
         yield
-
-
-def _site_image(treatment: str, centers: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """(5, SIDE, SIDE) uint16: treatment A = small round cells, B = large cells with a bright Mito rim."""
-    yy, xx = np.mgrid[0:SIDE, 0:SIDE]
-    planes = rng.integers(90, 110, size=(len(CHANNELS), SIDE, SIDE)).astype(np.float64)
-    for x, y in centers:
-        dist = np.hypot(xx - x, yy - y)
-        radius = 8 if treatment == "A" else 22
-        for channel in range(len(CHANNELS)):
-            planes[channel] += 2000 * (dist < radius) * (channel + 1)
-        if treatment == "B":
-            planes[4] += 6000 * ((dist > radius - 4) & (dist < radius))
-    return planes.astype(np.uint16)
-
-
-def write_index(
-    folder: Path,
-    *,
-    plates: tuple[str, ...] = ("P1", "P2"),
-    treatments: dict[str, str] | None = None,
-    cells_per_site: int = 5,
-    empty_label: str | None = None,
-    name: str = "sites.csv",
-) -> Path:
-    """2 plates x (well -> treatment) x 1 site of 200x200 TIFFs, locations CSVs and the index."""
-    treatments = treatments or {"A01": "A", "A02": "B"}
-    rng = np.random.default_rng(0)
-    rows = []
-    for plate in plates:
-        for well, treatment in treatments.items():
-            stem = f"{plate}_{well}_s1"
-            centers = np.array(CENTERS[:cells_per_site]) + rng.uniform(-3, 3, size=(cells_per_site, 2))
-            if treatment == empty_label:
-                centers = centers[:0]
-            image = _site_image(treatment, centers, rng)
-            row = {
-                "Metadata_Plate": plate,
-                "Metadata_Well": well,
-                "Metadata_Site": "1",
-                "Metadata_Treatment": treatment,
-                "locations": f"loc/{stem}.csv",
-            }
-            for channel, plane in zip(CHANNELS, image, strict=True):
-                (folder / "img").mkdir(parents=True, exist_ok=True)
-                tifffile.imwrite(folder / "img" / f"{stem}_{channel}.tif", plane)
-                row[channel] = f"img/{stem}_{channel}.tif"
-            (folder / "loc").mkdir(exist_ok=True)
-            with (folder / "loc" / f"{stem}.csv").open("w", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(["Nuclei_Location_Center_X", "Nuclei_Location_Center_Y"])
-                writer.writerows(centers.tolist())
-            rows.append(row)
-    path = folder / name
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +60,7 @@ def test_read_index_resolves_paths(index: Path) -> None:
         ("P2", "A01", "A"),
         ("P2", "A02", "B"),
     ]
-    assert sites[0].images["Mito"] == index.parent / "img" / "P1_A01_s1_Mito.tif"
+    assert sites[0].images["Mito"] == index.parent / "img" / "sites_P1_A01_s1_Mito.tif"
     assert all(p.is_file() for s in sites for p in (*s.images.values(), s.locations))
     parquet = index.with_name("sites.parquet")
     pq.write_table(pa_csv.read_csv(index), parquet)  # Metadata_Site becomes an integer column there
@@ -170,16 +107,16 @@ def test_split_cells_per_well() -> None:
 
 
 def test_prepare_data_splits(index: Path, tmp_path: Path) -> None:
-    by_cells = prepare_data(index, TrainConfig(seed=3), cache_dir=tmp_path / "crops")
+    by_cells = prepare_data(index, TrainConfig(seed=3, min_cells=1), cache_dir=tmp_path / "crops")
     assert by_cells.classes == ("A", "B") and by_cells.train.size == 12 and by_cells.val.size == 8
     by_plates = prepare_data(
-        index, make_config(split="plates", holdout_plates=("P2",)), cache_dir=tmp_path / "crops"
+        index, make_config(split="plates", holdout_plates=("P2",), min_cells=1), cache_dir=tmp_path / "crops"
     )
     assert by_plates.cache.site_of_cell[by_plates.val].tolist() == [2] * 5 + [3] * 5
     epoch = by_cells.epoch_cells(0, seed=3)
     assert np.bincount(by_cells.labels[epoch]).tolist() == [6, 6]
     with pytest.raises(InputError, match="Q9 not in the index"):
-        prepare_data(index, make_config(split="plates", holdout_plates=("Q9",)), cache_dir=tmp_path / "crops")
+        prepare_data(index, make_config(split="plates", holdout_plates=("Q9",), min_cells=1), cache_dir=tmp_path / "crops")
 
 
 def test_augmentations_are_seeded_and_keep_shape() -> None:
@@ -246,7 +183,7 @@ def test_optimizer_decays_kernels_only() -> None:
 
 
 def test_training_lowers_loss_on_a_repeated_batch(index: Path, tmp_path: Path) -> None:
-    config = make_config(lr=0.05, augment=False, batch_size=4)
+    config = make_config(lr=0.05, augment=False, batch_size=4, min_cells=1)
     data = prepare_data(index, config, cache_dir=tmp_path / "crops")
     net = initial_network(2, config).train()
     optimizer = make_optimizer(net, config)
@@ -280,6 +217,8 @@ def test_train_cli_end_to_end_resume_and_import(index: Path, tmp_path: Path) -> 
         str(tmp_path / "crops"),
         "--val-max-cells",
         "4",
+        "--min-cells",
+        "1",
     ]
     assert train_cli([*common, "--max-steps", "2"]) == 0
     last = out / "last.pt"
@@ -303,7 +242,7 @@ def test_train_cli_end_to_end_resume_and_import(index: Path, tmp_path: Path) -> 
 
 
 def test_resume_reproduces_an_uninterrupted_run(index: Path, tmp_path: Path) -> None:
-    config = make_config(batch_size=3, epochs=1)
+    config = make_config(batch_size=3, epochs=1, min_cells=1)
     data = prepare_data(index, config, cache_dir=tmp_path / "crops")
     straight = train(data, config, tmp_path / "a", max_steps=2, log_every=0)
     train(data, config, tmp_path / "b", max_steps=1, log_every=0)
@@ -331,14 +270,14 @@ def test_init_command_writes_an_importable_checkpoint(
         ("missing_column", "lacks column(s) Mito"),
         ("missing_file", "do not exist, first:"),
         ("one_class", "at least 2"),
-        ("empty_class", "no training cells: B"),
+        ("empty_class", "names 1 class with at least 1 cells"),
         ("bad_setting", "invalid training setting lr"),
     ],
 )
 def test_cli_errors_are_one_line(
     case: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["--lr", "-1"] if case == "bad_setting" else []
+    args = ["--lr", "-1"] if case == "bad_setting" else ["--min-cells", "1"]
     if case == "one_class":
         index = write_index(tmp_path, plates=("P1",), treatments={"A01": "A"}, cells_per_site=2)
     else:
@@ -349,7 +288,7 @@ def test_cli_errors_are_one_line(
         lines = index.read_text().splitlines()
         index.write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n")  # drop the last column
     if case == "missing_file":
-        (tmp_path / "img" / "P1_A02_s1_ER.tif").unlink()
+        (tmp_path / "img" / "sites_P1_A02_s1_ER.tif").unlink()
     code = train_cli(["run", "-q", "--index", str(index), "--out", str(tmp_path / "run"), *args])
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and message in err, err

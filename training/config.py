@@ -49,6 +49,8 @@ class TrainConfig(BaseModel):
     #: uint8 quantizes normalized crops to 1/255 (the paper trained on 8-bit crops); float16 keeps ~3 digits.
     cache_dtype: CacheDtype = "uint8"
     augment: bool = True
+    #: Classes with fewer cells than this (after cropping) are left out (paper: 100).
+    min_cells: int = Field(default=100, ge=1)
     #: Validate on at most this many cells (a fixed seeded subset); None validates on all.
     val_max_cells: int | None = Field(default=None, ge=1)
     #: ImageNet stem adaptation: rescale the repeated RGB filters by 3/in_chans (timm) or copy them as is

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import torch
 from cpcnn.training.config import CacheDtype, TrainConfig
+from cpcnn.training.sources import ClassRow, Source, cap_control_wells, check_channels, class_table
 
 from cpcnn._types import CROP_SIZE, I64Array, Normalization
 from cpcnn.batching import SiteCrops, release_crop_buffer
@@ -54,9 +55,12 @@ class Site:
     label: str
     images: dict[str, Path]
     locations: Path
+    source: str = ""  # the index's file name when the run combines several
+    control: bool = False
 
     def describe(self) -> str:
-        return f"plate {self.plate} well {self.well} site {self.site}"
+        where = f"{self.source}: " if self.source else ""
+        return f"{where}plate {self.plate} well {self.well} site {self.site}"
 
 
 def read_index(path: Path, *, label: str, channels: Sequence[str]) -> list[Site]:
@@ -66,6 +70,8 @@ def read_index(path: Path, *, label: str, channels: Sequence[str]) -> list[Site]
         raise InputError(f"index {path} does not exist")
     columns = _read_columns(path)
     lower = {name.lower(): name for name in columns}
+    if label.lower() not in lower:
+        raise InputError(f"index {path.name} has no label column {label!r}; found {', '.join(columns)}")
     wanted = [*KEY_COLUMNS, *channels, LOCATIONS_COLUMN, label]
     missing = [w for w in wanted if w.lower() not in lower]
     if missing:
@@ -149,6 +155,8 @@ class CropCache:
     site_of_cell: npt.NDArray[np.int32]
     cell_in_site: npt.NDArray[np.int32]
     folder: Path
+    #: Sites left out because an image could not be read: index position -> reason.
+    skipped: dict[int, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.crops.shape[0])
@@ -201,7 +209,9 @@ def load_or_build_cache(
 def _open_cache(folder: Path) -> CropCache:
     cells = np.load(folder / "cells.npz")
     crops = np.load(folder / "crops.npy", mmap_mode="r")
-    return CropCache(crops, cells["site_of_cell"], cells["cell_in_site"], folder)
+    meta = json.loads((folder / "cache.json").read_text())
+    skipped = {int(k): str(v) for k, v in meta.get("skipped", {}).items()}
+    return CropCache(crops, cells["site_of_cell"], cells["cell_in_site"], folder, skipped)
 
 
 def _build_cache(
@@ -231,10 +241,19 @@ def _build_cache(
         partial, mode="w+", dtype=np.dtype(dtype), shape=(total, CROP_SIZE, CROP_SIZE, len(channels))
     )
     offset = 0
+    skipped: dict[int, str] = {}
     for number, (s, where) in enumerate(zip(sites, centers, strict=True), start=1):
         if where.shape[0]:
             try:
                 image = read_site({c: s.images[c] for c in channels}, channel_order=channels)
+            except (InputError, OSError) as exc:
+                # One unreadable field must not cost a run of thousands: leave it out and say so.
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                logger.warning("skipping %s: image not readable (%s)", s.describe(), reason)
+                skipped[number - 1] = reason
+                counts[number - 1] = 0
+                continue
+            try:
                 site = SiteCrops.check(image, where, normalization=normalization)
             except InputError as exc:
                 raise InputError(f"{s.describe()}: {exc}") from exc
@@ -252,8 +271,13 @@ def _build_cache(
             )
     release_crop_buffer()
     crops.flush()
+    if offset == 0:
+        raise InputError(f"no site of the index could be read ({len(skipped)} skipped)")
+    if offset < total:
+        crops = _compact(partial, crops, offset)
     del crops
     partial.replace(folder / "crops.npy")
+    total = offset
     site_of_cell = np.repeat(np.arange(len(sites), dtype=np.int32), counts)
     cell_in_site = np.concatenate([np.arange(n, dtype=np.int32) for n in counts])
     np.savez(folder / "cells.npz", site_of_cell=site_of_cell, cell_in_site=cell_in_site)
@@ -265,6 +289,7 @@ def _build_cache(
         "normalization": normalization,
         "channels": list(channels),
         "crop_size": CROP_SIZE,
+        "skipped": {str(k): v for k, v in skipped.items()},
     }
     (folder / "cache.json").write_text(json.dumps(meta, indent=2) + "\n")  # written last: marks it complete
     logger.info(
@@ -275,6 +300,18 @@ def _build_cache(
         time.perf_counter() - started,
     )
     return _open_cache(folder)
+
+
+def _compact(partial: Path, crops: np.ndarray, n_cells: int) -> np.ndarray:
+    """The first ``n_cells`` rows of ``crops`` rewritten as ``partial`` (sites were skipped)."""
+    smaller = partial.with_name("crops.compact.npy")
+    out = np.lib.format.open_memmap(smaller, mode="w+", dtype=crops.dtype, shape=(n_cells, *crops.shape[1:]))
+    for start in range(0, n_cells, 1024):
+        out[start : start + 1024] = crops[start : min(start + 1024, n_cells)]
+    out.flush()
+    del crops
+    smaller.replace(partial)
+    return out
 
 
 def _quantize(crops: np.ndarray, dtype: CacheDtype) -> np.ndarray:
@@ -347,6 +384,10 @@ class TrainingData:
     labels: I64Array  # (N,) class code of every cached cell
     train: I64Array  # cell indices
     val: I64Array
+    #: Every class found, kept or dropped, with its cells, plates and sources.
+    table: tuple[ClassRow, ...] = ()
+    #: Sites left out of the cache (unreadable images) and why.
+    skipped: Sequence[tuple[Site, str]] = ()
 
     def epoch_cells(self, epoch: int, *, seed: int) -> I64Array:
         """The balanced, shuffled training cells of ``epoch`` (a pure function of seed and epoch)."""
@@ -354,9 +395,42 @@ class TrainingData:
         return self.train[balanced_epoch(self.labels[self.train], len(self.classes), rng=rng)]
 
 
-def prepare_data(index: Path, config: TrainConfig, *, cache_dir: Path) -> TrainingData:
-    """Read the index, build or reuse the crop cache, label every cell and split per ``config``."""
-    sites = read_index(index, label=config.label, channels=config.channels)
+def read_sources(sources: Sequence[Source], config: TrainConfig) -> list[Site]:
+    """Every source's sites, in source order, control wells capped per plate where a source asks."""
+    check_channels(sources, config.channels)
+    combined = len(sources) > 1
+    sites: list[Site] = []
+    for source in sources:
+        label = source.key or config.label
+        read = read_index(source.index, label=label, channels=config.channels)
+        controls = set(source.controls)
+        read = [
+            replace(s, source=source.name if combined else "", control=s.label in controls) for s in read
+        ]
+        keep = cap_control_wells(
+            [(s.plate, s.well) for s in read],
+            [s.control for s in read],
+            source.control_wells_per_plate,
+            seed=config.seed,
+        )
+        if not keep.all():
+            logger.info(
+                "%s: %d control sites left out (at most %d control wells per plate)",
+                source.name,
+                int((~keep).sum()),
+                source.control_wells_per_plate,
+            )
+        sites.extend(s for s, k in zip(read, keep, strict=True) if k)
+    return sites
+
+
+def prepare_data(
+    index: Path | Sequence[Source], config: TrainConfig, *, cache_dir: Path
+) -> TrainingData:
+    """Read the index (or sources), build or reuse the crop cache, label every cell, drop classes under
+    ``config.min_cells`` and split per ``config``."""
+    sources = [Source(index=Path(index), key=config.label)] if isinstance(index, str | Path) else list(index)
+    sites = read_sources(sources, config)
     cache = load_or_build_cache(
         sites,
         cache_dir,
@@ -364,26 +438,57 @@ def prepare_data(index: Path, config: TrainConfig, *, cache_dir: Path) -> Traini
         normalization=config.normalization,
         dtype=config.cache_dtype,
     )
-    classes = tuple(sorted({s.label for s in sites}))
+    cells_per_site = np.bincount(cache.site_of_cell, minlength=len(sites))
+    table = class_table(
+        [s.label for s in sites],
+        cells_per_site.tolist(),
+        [s.plate for s in sites],
+        [s.source or sources[0].name for s in sites],
+        {s.label for s in sites if s.control},
+        min_cells=config.min_cells,
+    )
+    dropped = [row.name for row in table if not row.kept]
+    if dropped:
+        logger.warning(
+            "dropping %d class(es) with fewer than %d cells: %s%s",
+            len(dropped),
+            config.min_cells,
+            ", ".join(dropped[:5]),
+            ", ..." if len(dropped) > 5 else "",
+        )
+    classes = tuple(row.name for row in table if row.kept)
     if len(classes) < 2:
-        raise InputError(f"column {config.label} names {len(classes)} class; training needs at least 2")
+        raise InputError(
+            f"column {config.label} names {len(classes)} class with at least {config.min_cells} cells "
+            f"({len(table)} before dropping small ones); training needs at least 2"
+        )
     code = {name: i for i, name in enumerate(classes)}
-    site_codes = np.array([code[s.label] for s in sites], np.int64)
+    site_codes = np.array([code.get(s.label, -1) for s in sites], np.int64)
     labels = site_codes[cache.site_of_cell]
     plates = [sites[i].plate for i in range(len(sites))]
     cell_plates = np.asarray(plates, dtype=object)[cache.site_of_cell]
     if config.split == "plates":
         train, val = split_plates(cell_plates.tolist(), config.holdout_plates)
     else:
-        wells = np.array([f"{s.plate}\x00{s.well}" for s in sites], dtype=object)
+        wells = np.array([f"{s.source}\x00{s.plate}\x00{s.well}" for s in sites], dtype=object)
         _, well_codes = np.unique(wells, return_inverse=True)
         rng = np.random.default_rng([config.seed, 0])
         train, val = split_cells(
             well_codes[cache.site_of_cell].astype(np.int64), fraction=config.train_fraction, rng=rng
         )
+    train, val = train[labels[train] >= 0], val[labels[val] >= 0]
     empty = [c for i, c in enumerate(classes) if not (labels[train] == i).any()]
     if empty:
         raise InputError(f"{len(empty)} class(es) have no training cells: {', '.join(empty[:5])}")
+    per_class = np.bincount(labels[train], minlength=len(classes))
+    small = [c for c, n in zip(classes, per_class, strict=True) if n < config.batch_size]
+    if small:
+        logger.warning(
+            "%d class(es) have fewer training cells than a batch (%d), drawn with repetition: %s",
+            len(small),
+            config.batch_size,
+            ", ".join(small[:5]),
+        )
     if config.val_max_cells is not None and val.size > config.val_max_cells:
         rng = np.random.default_rng([config.seed, 2])
         val = np.sort(rng.choice(val, config.val_max_cells, replace=False))
@@ -394,4 +499,7 @@ def prepare_data(index: Path, config: TrainConfig, *, cache_dir: Path) -> Traini
         val.size,
         config.split,
     )
-    return TrainingData(cache=cache, classes=classes, labels=labels, train=train, val=val)
+    skipped = [(sites[i], reason) for i, reason in sorted(cache.skipped.items())]
+    return TrainingData(
+        cache=cache, classes=classes, labels=labels, train=train, val=val, table=tuple(table), skipped=skipped
+    )

@@ -13,24 +13,37 @@ uninterrupted run on the same machine and thread count.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
-from cpcnn.training.augment import augment_batch
 from cpcnn.training.checkpoint import load_checkpoint, save_checkpoint
 from cpcnn.training.config import TrainConfig, write_config
+from cpcnn.training.curves import plot_curves
 from cpcnn.training.data import TrainingData
+from cpcnn.training.loader import (
+    CellBatches,
+    Schedule,
+    TrainBatches,
+    default_workers,
+    make_loader,
+    step_seed,
+)
 from cpcnn.training.net import EfficientNetB0
+from cpcnn.training.scores import scores
+from cpcnn.training.sources import write_class_table
 from cpcnn.training.stem import load_imagenet
 from torch import nn
+from tqdm import tqdm
 
 from cpcnn._types import I64Array
 from cpcnn.errors import ConflictError, InputError
@@ -40,6 +53,9 @@ logger = logging.getLogger(__name__)
 LAST = "last.pt"
 METRICS = "metrics.jsonl"
 STATE_FORMAT = "cpcnn-train-state/1"
+SKIPPED_CSV = "skipped_sites.csv"
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
@@ -67,11 +83,6 @@ def checkpoint_name(epoch: int) -> str:
 def state_path(checkpoint: Path) -> Path:
     """Optimizer state beside a checkpoint: ``last.pt`` -> ``last.state.pt``."""
     return checkpoint.with_name(f"{checkpoint.stem}.state.pt")
-
-
-def step_seed(seed: int, step: int) -> int:
-    """Seed of one step's random numbers, independent of how the run was split into invocations."""
-    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
 
 
 def initial_network(num_classes: int, config: TrainConfig) -> EfficientNetB0:
@@ -102,24 +113,54 @@ def make_optimizer(net: nn.Module, config: TrainConfig) -> torch.optim.SGD:
 
 
 def evaluate(
-    net: EfficientNetB0, data: TrainingData, cells: I64Array, *, batch_size: int
-) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``cells`` without augmentation, in eval mode (NaN if none)."""
+    net: EfficientNetB0,
+    data: TrainingData,
+    cells: I64Array,
+    *,
+    batch_size: int,
+    workers: int = 0,
+    amp: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> tuple[float, npt.NDArray[np.int64]]:
+    """Mean cross-entropy and confusion matrix of ``cells`` without augmentation, in eval mode."""
+    n_classes = len(data.classes)
     if cells.size == 0:
-        return math.nan, math.nan
+        return math.nan, np.zeros((n_classes, n_classes), np.int64)
     was_training = net.training
     net.eval()
-    loss_sum, correct = 0.0, 0
+    device = next(net.parameters()).device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    matrix = torch.zeros(n_classes * n_classes, dtype=torch.int64, device=device)
+    loader = make_loader(
+        CellBatches(data, cells, batch_size=batch_size), None, workers=workers, pin=device.type == "cuda"
+    )
     with torch.no_grad():
-        for start in range(0, cells.size, batch_size):
-            batch = cells[start : start + batch_size]
-            device = next(net.parameters()).device
-            targets = torch.from_numpy(data.labels[batch]).to(device)
-            logits = net(data.cache.batch(batch).to(device))
-            loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
-            correct += int((logits.argmax(dim=1) == targets).sum())
+        for crops, targets in loader:
+            crops, targets = _to_device(crops, targets, device, channels_last=channels_last)
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                logits = net(crops)
+            loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").double()
+            matrix += torch.bincount(targets * n_classes + logits.argmax(dim=1), minlength=n_classes**2)
     net.train(was_training)
-    return loss_sum / cells.size, correct / cells.size
+    return float(loss_sum) / cells.size, matrix.cpu().numpy().reshape(n_classes, n_classes)
+
+
+def _to_device(
+    crops: torch.Tensor, targets: torch.Tensor, device: torch.device, *, channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    crops = crops.to(device, non_blocking=True)
+    if channels_last:
+        crops = crops.contiguous(memory_format=torch.channels_last)
+    return crops, targets.to(device, non_blocking=True)
+
+
+def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:
+    """ "auto": bf16 on a GPU that has it, else fp16 on CUDA; fp32 (None: no autocast) on the CPU."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
 def train(
@@ -132,11 +173,18 @@ def train(
     threads: int | None = None,
     log_every: int = 50,
     device: str = "auto",
+    precision: Precision = "auto",
+    channels_last: bool | None = None,
+    workers: int | None = None,
+    progress_bar: bool = False,
 ) -> RunResult:
     """Train (or resume) until ``config.epochs`` epochs or ``max_steps`` steps in total; see module doc.
 
     ``device``: "cpu", "cuda" (or "cuda:N"), or "auto" (CUDA when torch sees a GPU). Crops are read and
-    augmented on the CPU, then moved; checkpoints are always written with CPU tensors.
+    augmented on the CPU (in ``workers`` processes; default: several on CUDA, none on the CPU), then
+    moved; checkpoints are always written with CPU tensors. ``precision`` "auto" trains in mixed
+    precision on CUDA and in fp32 on the CPU; ``channels_last`` (default: on CUDA) changes memory layout
+    only. ``progress_bar`` draws a tqdm bar on stderr.
     """
     out = Path(out)
     if resume is None and (out / LAST).exists():
@@ -147,15 +195,39 @@ def train(
     if threads:
         torch.set_num_threads(threads)
     try:
+        target = pick_device(device)
+        speed = Speed(
+            amp=autocast_dtype(precision, target),
+            channels_last=target.type == "cuda" if channels_last is None else channels_last,
+            workers=default_workers(target) if workers is None else workers,
+            progress_bar=progress_bar,
+        )
         return _run(
-            data, config, out, resume=resume, max_steps=max_steps, log_every=log_every, device=pick_device(device)
+            data,
+            config,
+            out,
+            resume=resume,
+            max_steps=max_steps,
+            log_every=log_every,
+            device=target,
+            speed=speed,
         )
     finally:
         torch.set_num_threads(before_threads)
 
 
+@dataclass(frozen=True)
+class Speed:
+    """How a run computes fast without changing what it computes (beyond mixed-precision rounding)."""
+
+    amp: torch.dtype | None = None
+    channels_last: bool = False
+    workers: int = 0
+    progress_bar: bool = False
+
+
 def pick_device(device: str) -> torch.device:
-    """"auto" -> CUDA when available, else CPU; an explicit CUDA request without a GPU is an error."""
+    """ "auto" -> CUDA when available, else CPU; an explicit CUDA request without a GPU is an error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -195,61 +267,94 @@ def _run(
     max_steps: int | None,
     log_every: int,
     device: torch.device,
+    speed: Speed,
 ) -> RunResult:
     if resume is not None:
         net, optimizer_state, progress = _resume(Path(resume), data, config)
     else:
         net, optimizer_state, progress = initial_network(len(data.classes), config).train(), None, Progress()
     net = net.to(device)
-    logger.info("training on %s", device)
+    if speed.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    logger.info(
+        "training on %s (%s, %s, %d loader workers)",
+        device,
+        "fp32" if speed.amp is None else f"autocast {str(speed.amp).removeprefix('torch.')}",
+        "channels_last" if speed.channels_last else "contiguous",
+        speed.workers,
+    )
     optimizer = make_optimizer(net, config)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
         for group, decay in zip(optimizer.param_groups, (2 * config.l2, 0.0), strict=True):
             group.update(lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=speed.amp == torch.float16)
     write_config(config, out)
-    (out / "classes.json").write_text(json.dumps(list(data.classes), indent=1) + "\n")
+    _write_run_tables(data, out)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     metrics: list[dict[str, Any]] = []
     last = out / LAST
     step = progress.step
+    n_classes = len(data.classes)
+    schedule = Schedule()
+    batches = TrainBatches(data, batch_size=config.batch_size, seed=config.seed, augment=config.augment)
+    loader = make_loader(batches, schedule, workers=speed.workers, pin=device.type == "cuda")
     for epoch in range(progress.epoch, config.epochs):
-        cells = data.epoch_cells(epoch, seed=config.seed)
-        n_batches = math.ceil(cells.size / config.batch_size)
+        n_batches = math.ceil(batches.cells(epoch).size / config.batch_size)
         first = progress.epoch_step if epoch == progress.epoch else 0
         if max_steps is not None and step >= max_steps:
             break
-        loss_sum, correct, seen, busy = 0.0, 0, 0, 0.0
-        done = first
-        for index in range(first, n_batches):
-            if max_steps is not None and step >= max_steps:
-                break
-            batch = cells[index * config.batch_size : (index + 1) * config.batch_size]
-            started = time.perf_counter()
-            loss, hits = _step(net, optimizer, criterion, data, batch, config=config, step=step)
-            busy += time.perf_counter() - started
-            step, done = step + 1, index + 1
-            loss_sum, correct, seen = loss_sum + loss * batch.size, correct + hits, seen + batch.size
+        last_index = n_batches if max_steps is None else min(n_batches, first + max_steps - step)
+        schedule.keys = [(epoch, i, step + i - first) for i in range(first, last_index)]
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        matrix = torch.zeros(n_classes * n_classes, dtype=torch.int64, device=device)
+        seen, busy, done = 0, 0.0, first
+        bar = tqdm(
+            total=n_batches,
+            initial=first,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            unit="batch",
+            disable=not speed.progress_bar,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        started = time.perf_counter()
+        for crops, targets in loader:
+            crops, targets = _to_device(crops, targets, device, channels_last=speed.channels_last)
+            loss, predictions = _step(
+                net, optimizer, scaler, criterion, crops, targets, seed=config.seed, step=step, amp=speed.amp
+            )
+            step, done = step + 1, done + 1
+            loss_sum += loss.double() * targets.numel()
+            matrix += torch.bincount(targets * n_classes + predictions, minlength=n_classes**2)
+            seen += int(targets.numel())
+            busy = time.perf_counter() - started
+            bar.update(1)
+            if speed.progress_bar and (step % 10 == 0 or done == last_index):
+                bar.set_postfix_str(f"loss {float(loss):.3f}, {seen / busy:.0f} crops/s", refresh=False)
             if log_every and step % log_every == 0:
                 logger.info(
-                    "epoch %d/%d batch %d/%d step %d: loss %.4f accuracy %.3f (%.1f crops/s)",
+                    "epoch %d/%d batch %d/%d step %d: loss %.4f (%.1f crops/s)",
                     epoch + 1,
                     config.epochs,
                     done,
                     n_batches,
                     step,
-                    loss_sum / seen,
-                    correct / seen,
+                    float(loss_sum) / seen,
                     seen / busy,
                 )
+        bar.close()
         complete = done == n_batches
         progress = (
             Progress(epoch=epoch + 1, epoch_step=0, step=step) if complete else Progress(epoch, done, step)
         )
-        row = _finish_epoch(net, optimizer, data, config, out, progress, complete=complete)
+        row = _finish_epoch(net, optimizer, data, config, out, progress, complete=complete, speed=speed)
+        train_scores = scores(matrix.cpu().numpy().reshape(n_classes, n_classes), data.classes)
         row.update(
-            train_loss=loss_sum / seen if seen else None,
-            train_accuracy=correct / seen if seen else None,
+            train_loss=float(loss_sum) / seen if seen else None,
+            train_accuracy=train_scores["accuracy"],
+            train_macro_f1=train_scores["macro_f1"],
+            train_per_class=train_scores["per_class"],
             train_crops=seen,
             crops_per_s=round(seen / busy, 2) if busy else None,
         )
@@ -258,34 +363,50 @@ def _run(
         metrics.append(row)
         if not complete:
             break
+    if metrics and (out / METRICS).is_file():
+        plot_curves(out / METRICS, out)
     return RunResult(progress=progress, checkpoint=last if last.exists() else None, metrics=metrics)
+
+
+def _write_run_tables(data: TrainingData, out: Path) -> None:
+    """classes.json (head order), classes.csv (every class found) and the sites left out, if any."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "classes.json").write_text(json.dumps(list(data.classes), indent=1) + "\n")
+    if data.table:
+        write_class_table(data.table, out)
+    if data.skipped:
+        with (out / SKIPPED_CSV).open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["source", "Metadata_Plate", "Metadata_Well", "Metadata_Site", "reason"])
+            writer.writerows([s.source, s.plate, s.well, s.site, reason] for s, reason in data.skipped)
 
 
 def _step(
     net: EfficientNetB0,
     optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
     criterion: nn.Module,
-    data: TrainingData,
-    batch: I64Array,
+    crops: torch.Tensor,
+    targets: torch.Tensor,
     *,
-    config: TrainConfig,
+    seed: int,
     step: int,
-) -> tuple[float, int]:
-    """One SGD step on ``batch`` -> (mean loss, correct predictions); randomness seeded by the step."""
-    device = next(net.parameters()).device
-    crops = data.cache.batch(batch)
-    targets = torch.from_numpy(data.labels[batch]).to(device)
-    seed = step_seed(config.seed, step)
+    amp: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step -> (mean loss, predicted classes), on the device, not synchronized.
+
+    Drop-connect noise is seeded by the step (the crops were augmented with the same step's seed).
+    """
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # drop-connect draws from the global generator
-        if config.augment:
-            crops = augment_batch(crops, generator=torch.Generator().manual_seed(seed))
-        logits = net(crops.to(device, non_blocking=True))
-        loss = criterion(logits, targets)
+        torch.manual_seed(step_seed(seed, step))  # drop-connect draws from the global generator
+        with torch.autocast(crops.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = net(crops)
+        loss = criterion(logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return float(loss.detach()), int((logits.detach().argmax(dim=1) == targets).sum())
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return loss.detach(), logits.detach().argmax(dim=1)
 
 
 def _finish_epoch(
@@ -297,10 +418,21 @@ def _finish_epoch(
     progress: Progress,
     *,
     complete: bool,
+    speed: Speed,
 ) -> dict[str, Any]:
     """Validate, write the epoch checkpoint (when complete), ``last.pt`` and its optimizer state."""
     started = time.perf_counter()
-    val_loss, val_accuracy = evaluate(net, data, data.val, batch_size=config.batch_size)
+    val_loss, val_matrix = evaluate(
+        net,
+        data,
+        data.val,
+        batch_size=config.batch_size,
+        workers=speed.workers,
+        amp=speed.amp,
+        channels_last=speed.channels_last,
+    )
+    val_scores = scores(val_matrix, data.classes)
+    val_accuracy = math.nan if val_scores["accuracy"] is None else val_scores["accuracy"]
     extra = {
         "train": config.model_dump(mode="json"),
         "classes": list(data.classes),
@@ -334,7 +466,9 @@ def _finish_epoch(
         "complete": complete,
         "step": progress.step,
         "val_loss": None if math.isnan(val_loss) else val_loss,
-        "val_accuracy": None if math.isnan(val_accuracy) else val_accuracy,
+        "val_accuracy": val_scores["accuracy"],
+        "val_macro_f1": val_scores["macro_f1"],
+        "val_per_class": val_scores["per_class"],
         "val_cells": int(data.val.size),
         "checkpoint": written,
     }

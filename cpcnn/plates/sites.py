@@ -36,3 +36,8 @@ class SiteSpec:
     def describe(self) -> str:
         where = f" (row {self.row})" if self.row else ""
         return f"plate {self.plate} well {self.well} site {self.site}{where}"
+
+
+def file_safe(text: str) -> str:
+    """One plate, well or site name as a file-name part: anything but ``A-Za-z0-9._-`` becomes ``_``."""
+    return _UNSAFE.sub("_", text)
