@@ -5,7 +5,7 @@ computed on exactly the crops the network sees (cut and normalized by :class:`cp
 with the model's normalization), so a difference in retrieval comes from the representation, not
 from different pixels. Per channel, on the (normalized) crop:
 
-- intensity distribution: ``mean``, ``std``, percentiles ``p05``, ``p50``, ``p95``;
+- intensity distribution: ``mean``, ``std``, percentiles ``p75``, ``p50``, ``p95``;
 - ``gradient_energy``: mean squared forward difference (x and y), i.e. how much edge there is;
 - ``laplacian_variance``: variance of the 4-neighbour Laplacian, the classic focus/fine-texture measure;
 - ``haralick_contrast``: Haralick's grey-level co-occurrence contrast, sum p(i, j) (i - j)^2 over
@@ -34,14 +34,14 @@ BASELINE_MODEL = "baseline-crop-statistics"
 STATISTICS: tuple[str, ...] = (
     "mean",
     "std",
-    "p05",
     "p50",
+    "p75",
     "p95",
     "gradient_energy",
     "laplacian_variance",
     "haralick_contrast",
 )
-PERCENTILES: tuple[float, ...] = (5.0, 50.0, 95.0)
+PERCENTILES: tuple[float, ...] = (50.0, 75.0, 95.0)
 #: Grey levels of the co-occurrence contrast (normalized crops lie in [0, 1]).
 HARALICK_LEVELS = 8
 
