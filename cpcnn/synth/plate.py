@@ -77,7 +77,7 @@ def write_screen(
     names = tuple(plate_name(p) for p in range(plates))
     load_rows, nuclei_rows = [], []
     for plate_index, plate in enumerate(names):
-        conditions = draw_plate_conditions(np.random.default_rng([seed, plate_index]), size)
+        conditions = conditions_for_plate(seed, plate_index, size)
         image_dir, illum_dir = out / "images" / plate, out / "illum" / plate
         image_dir.mkdir(parents=True, exist_ok=True)
         illum_dir.mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,7 @@ def write_screen(
             np.save(illum_dir / f"{plate}_Illum{ch}.npy", conditions.illumination[ch])
         for well_index, (well, treatment) in enumerate(layout.wells):
             for site in range(1, sites + 1):
-                rng = np.random.default_rng([seed, plate_index, well_index, site])
+                rng = site_rng(seed, plate_index, well_index, site)
                 images, centers = render_site(
                     rng, treatment.phenotype, conditions, size=size, n_cells=cells_per_site
                 )
@@ -133,6 +133,11 @@ def check_screen_arguments(*, plates: int, wells: int, sites: int, cells_per_sit
     most = size * size // MIN_AREA_PER_CELL
     if cells_per_site > most:
         raise InputError(f"--cells-per-site {cells_per_site} does not fit a {size}x{size} site (at most {most})")
+
+
+def site_rng(seed: int, plate_index: int, well_index: int, site: int) -> np.random.Generator:
+    """The generator a site is drawn from (0-based plate and well index, 1-based site): any site alone."""
+    return np.random.default_rng([seed, plate_index, well_index, site])
 
 
 def conditions_for_plate(seed: int, plate_index: int, size: int) -> PlateConditions:

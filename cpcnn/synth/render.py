@@ -56,7 +56,7 @@ def draw_plate_conditions(rng: np.random.Generator, size: int) -> PlateCondition
     """A plate's intensity scale (common factor x channel jitter), focus blur and illumination."""
     common = rng.lognormal(0.0, 0.15)
     intensity = {ch: float(common * rng.lognormal(0.0, 0.08)) for ch in CHANNELS}
-    focus = float(rng.uniform(0.4, 1.6))
+    focus = float(rng.uniform(0.6, 1.2))
     illumination = {ch: illumination_function(rng, size) for ch in CHANNELS}
     return PlateConditions(intensity, focus, illumination)
 

@@ -76,7 +76,7 @@ MOAS: tuple[MechanismOfAction, ...] = (
     ),
     MechanismOfAction(
         "er_stress", "ERS",
-        {"er_spread": 1.4, "er_texture": 1.0, "nucleoli": -0.3},
+        {"er_spread": 1.8, "er_texture": 1.5, "nucleoli": -0.3},
         "ER stress: swollen reticular ER spreading from the nucleus through the whole cytoplasm",
     ),
     MechanismOfAction(
