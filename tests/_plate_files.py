@@ -1,8 +1,4 @@
-"""A tiny plate on disk in CellProfiler's layout: TIFFs, illumination functions, LoadData CSV, nuclei table.
-
-``TableLocations`` is a minimal location source over the nuclei table (keyed by plate, well, site)
-with the interface of ``cpcnn.plates.locations.LocationSource``.
-"""
+"""A tiny plate on disk in CellProfiler's layout: TIFFs, illumination functions, LoadData CSV, nuclei table."""
 
 from __future__ import annotations
 
@@ -15,10 +11,7 @@ import pandas as pd
 import tifffile
 from _tiny_model import synthetic_site
 
-from cpcnn._types import CHANNELS, F32Array
-from cpcnn.errors import InputError
-from cpcnn.locations import Locations
-from cpcnn.plates.sites import SiteSpec
+from cpcnn._types import CHANNELS
 
 PLATE = "P1"
 
@@ -73,27 +66,3 @@ def write_plate(
         platemap, index=False
     )
     return PlateFiles(root, load_data, nuclei_path, platemap, centers)
-
-
-class TableLocations:
-    """Nuclei table keyed by (plate, well, site): the ``LocationSource`` interface, for tests."""
-
-    needs_image = False
-
-    def __init__(self, path: Path) -> None:
-        table = pd.read_csv(path, dtype={"Metadata_Plate": str, "Metadata_Well": str, "Metadata_Site": str})
-        self._sites = {key: group for key, group in table.groupby(["Metadata_Plate", "Metadata_Well", "Metadata_Site"])}
-
-    def for_site(self, site: SiteSpec, image: F32Array | None = None) -> Locations:
-        if site.key not in self._sites:
-            raise InputError(f"no locations for {site.describe()}")
-        group = self._sites[site.key]
-        return Locations.numbered(group[["Location_Center_X", "Location_Center_Y"]].to_numpy(np.float64),
-                                  group["ObjectNumber"].to_numpy())
-
-    def check(self, sites: Sequence[SiteSpec]) -> None:
-        if not any(s.key in self._sites for s in sites):
-            raise InputError("locations match none of the sites")
-
-    def describe(self) -> str:
-        return "nuclei table"

@@ -167,7 +167,26 @@ def test_cytotable_parquet_without_site_names_what_to_add(tmp_path: Path) -> Non
     assert len(source.for_site(spec(site=4))) == 1
 
 
-def write_cellprofiler_sqlite(path: Path, *, per_object: bool = False, prefix: str = "MyExpt_") -> None:
+SHARED_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "images"
+
+
+@pytest.mark.parametrize(
+    ("folder", "key"),
+    [("cpjump1-BR00117006-A01-s1-partial", ("BR00117006", "A01", 1)), ("pcatlas-BR00143976-C03-s3", ("BR00143976", "C03", 3))],
+)
+def test_real_cytotable_files(folder: str, key: tuple[str, str, int]) -> None:
+    """Two CytoTable outputs from public studies (JUMP cpg0016 plate, pediatric cancer atlas plate)."""
+    site_folder = SHARED_IMAGES / folder
+    if not site_folder.is_dir():
+        pytest.skip("shared data not present")
+    table = next(site_folder.glob("*_shrunken.parquet"))
+    expected = pd.read_csv(next(site_folder.glob("*-Nuclei_cellprofiler_subset.csv")))
+    cells = open_locations(table).for_site(spec(*key))
+    np.testing.assert_allclose(cells.centers, expected[["Nuclei_Location_Center_X", "Nuclei_Location_Center_Y"]])
+    np.testing.assert_array_equal(cells.object_numbers, expected["Metadata_ObjectNumber"])
+
+
+def write_cellprofiler_sqlite(path: Path, *, per_object: bool = False, prefix: str = "MyExpt") -> None:
     """The tables CellProfiler's ExportToDatabase writes (a few of their many columns)."""
     with sqlite3.connect(path) as db:
         db.execute(

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 import pytest
-from _plate_files import PlateFiles, TableLocations, write_plate
+from _plate_files import PlateFiles, write_plate
 from _tiny_model import save_tiny_model
 
 from cpcnn._types import CHANNELS
@@ -19,6 +19,7 @@ from cpcnn.cli.main import main
 from cpcnn.embedding import Embedder
 from cpcnn.model_store import ModelStore, cpcnn_home
 from cpcnn.plates.load_data import read_load_data
+from cpcnn.plates.locations import open_locations
 from cpcnn.plates.output import PlateOutput
 from cpcnn.plates.pipeline import PlateRun, load_site, profile_plate
 from cpcnn.plates.sites import SiteSpec
@@ -39,7 +40,7 @@ def embedder(files: PlateFiles) -> Embedder:
 
 def _run(files: PlateFiles, embedder: Embedder, out: Path, sites: list[SiteSpec] | None = None, **options) -> PlateRun:
     sites = read_load_data(files.load_data) if sites is None else sites
-    return profile_plate(sites, TableLocations(files.nuclei), embedder, PlateOutput(out), progress=False, **options)
+    return profile_plate(sites, open_locations(files.nuclei), embedder, PlateOutput(out), progress=False, **options)
 
 
 def _cells(out: Path) -> pd.DataFrame:
@@ -123,7 +124,7 @@ def test_illum_equals_embedding_divided_images(files: PlateFiles, embedder: Embe
     [site] = sites
     raw = load_site(site)
     functions = np.stack([np.load(site.illum[c]) for c in CHANNELS], axis=-1).astype(np.float32)
-    centers = TableLocations(files.nuclei).for_site(site).centers
+    centers = open_locations(files.nuclei).for_site(site).centers
     expected = embedder.embed_site((raw / functions).astype(np.float32), centers)
     np.testing.assert_array_equal(cells.filter(like="efficientnet_").to_numpy(np.float32), expected)
 
@@ -140,3 +141,12 @@ def test_the_service_gives_the_same_cells(files: PlateFiles, embedder: Embedder,
         run = _run(files, remote, tmp_path / "remote")  # type: ignore[arg-type]
     assert run.skipped == {} and len(run.embedded) == 4
     pd.testing.assert_frame_equal(_sorted(_cells(tmp_path / "remote")), _sorted(_cells(tmp_path / "local")))
+
+
+def test_a_missing_illumination_function_skips_with_its_name(files: PlateFiles, embedder: Embedder,
+                                                             tmp_path: Path) -> None:
+    sites = read_load_data(files.load_data)[:2]
+    sites[0].illum["AGP"].unlink()
+    run = _run(files, embedder, tmp_path / "out", sites, illum=True)
+    assert set(run.skipped) == {s.name for s in sites}  # one function serves the whole plate
+    assert all("P1_IllumAGP.npy does not exist" in reason for reason in run.skipped.values())

@@ -109,10 +109,10 @@ def _sites_and_locations(args: argparse.Namespace) -> tuple[list[SiteSpec], Loca
     locations: LocationSource | None = None
     if args.deepprofiler_project:
         from cpcnn.plates.deepprofiler import read_deepprofiler_project
+        from cpcnn.plates.load_data import parse_channel_names
 
-        if args.channel:
-            raise InputError("--channel applies to --load-data; a DeepProfiler project names its own channels")
-        sites, locations = read_deepprofiler_project(args.deepprofiler_project)
+        renamed = parse_channel_names(args.channel, defaults={}) if args.channel else None
+        sites, locations = read_deepprofiler_project(args.deepprofiler_project, channels=renamed)
     else:
         from cpcnn.plates.load_data import parse_channel_names, read_load_data
 

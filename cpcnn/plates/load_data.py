@@ -36,9 +36,11 @@ def illum_name(model_channel: str, load_data_name: str) -> str:
     return ILLUM_PREFIX + model_channel
 
 
-def parse_channel_names(items: Sequence[str], model_channels: Sequence[str] = CHANNELS) -> dict[str, str]:
-    """``["DNA=OrigHoechst", ...]`` (CLI form) -> defaults with those channels renamed."""
-    names = default_channel_names(model_channels)
+def parse_channel_names(
+    items: Sequence[str], model_channels: Sequence[str] = CHANNELS, *, defaults: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """``["DNA=OrigHoechst", ...]`` (CLI form) -> ``defaults`` (JUMP's names when None) with those renamed."""
+    names = dict(default_channel_names(model_channels) if defaults is None else defaults)
     by_lower = {c.lower(): c for c in model_channels}
     for item in items:
         channel, sep, name = (part.strip() for part in item.partition("="))

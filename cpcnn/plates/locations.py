@@ -14,16 +14,22 @@ Accepted tables (column names as their tools write them):
   with its image table (``Image.csv`` next to it, or ``image_table=``).
 - CytoTable Parquet. CytoTable's ``cellprofiler_csv``/``cellprofiler_sqlite`` presets
   (cytomining/CytoTable ``cytotable/presets.py``, renaming in ``_prepend_column_name``) write
-  ``Metadata_ImageNumber``, ``Image_Metadata_Plate``, ``Image_Metadata_Well``, the compartment-prefixed
-  ``Nuclei_Location_Center_X/Y`` and the nucleus number as ``Metadata_ObjectNumber`` (CSV preset; of the
-  join's duplicate names the last, the nuclei's, is kept), ``Nuclei_Number_Object_Number`` (SQLite preset)
-  or ``Metadata_Nuclei_Number_Object_Number`` (``cellprofiler_sqlite_pycytominer``). Their default joins
-  keep no site column: a CytoTable file needs ``Image_Metadata_Site`` added to the join, or its
-  ``Metadata_ImageNumber`` joined with an image table (``image_table=``).
+  ``Metadata_ImageNumber``, ``Image_Metadata_Plate``, ``Image_Metadata_Well`` (or ``Metadata_Plate/Well``,
+  which the CSV preset does not rename), the compartment-prefixed ``Nuclei_Location_Center_X/Y``, and the
+  nucleus number as ``Nuclei_Number_Object_Number`` (SQLite preset), ``Metadata_Nuclei_Number_Object_Number``
+  (``cellprofiler_sqlite_pycytominer``) or, in the CSV preset, ``Metadata_Cytoplasm_Parent_Nuclei`` (its join
+  key; the bare ``Metadata_ObjectNumber`` there is the cytoplasm's, with the cells' and nuclei's as
+  ``Metadata_ObjectNumber_1/_2`` in older releases). Two real CytoTable files (JUMP BR00117006 and pediatric
+  atlas BR00143976, ``../shared/data/images``) read as documented. The presets' default joins keep no site
+  column: add ``Image_Metadata_Site`` to the join, or join ``Metadata_ImageNumber`` with an image table
+  (``image_table=``).
 - CellProfiler SQLite (ExportToDatabase): ``[prefix]Per_Image`` (``ImageNumber``,
   ``Image_Metadata_Plate/Well/Site``) joined on ``ImageNumber`` with ``[prefix]Per_Nuclei`` (one table per
   object: ``Nuclei_Number_Object_Number``, ``Nuclei_Location_Center_X/Y``) or ``[prefix]Per_Object`` (one
-  table for all objects: ``ObjectNumber``). Only those columns are selected.
+  table for all objects: ``ObjectNumber``). Only those columns are selected. Table names are
+  ``prefix + "Per_" + object`` and the key columns ``ImageNumber``/``ObjectNumber`` (CellProfiler/CellProfiler
+  ``modules/exporttodatabase.py``: ``get_table_name``, ``C_IMAGE_NUMBER``, ``C_OBJECT_NUMBER``); the
+  per-object-table names are those CytoTable's ``cellprofiler_sqlite`` preset joins on.
 - A DeepProfiler locations folder: ``{root}/{Plate}/{Well}-{Site}-Nuclei.csv``.
 """
 
@@ -62,6 +68,7 @@ OBJECT_NUMBER_COLUMNS: tuple[str, ...] = (
     "Nuclei_Number_Object_Number",
     "Metadata_Nuclei_Number_Object_Number",
     "ObjectNumber",
+    "Metadata_Cytoplasm_Parent_Nuclei",  # CytoTable's CSV preset joins nuclei on it
     "Metadata_ObjectNumber",
 )
 CSV_SUFFIXES = (".csv", ".csv.gz")
@@ -401,7 +408,7 @@ def _sqlite_columns(connection: sqlite3.Connection, table: str) -> list[str]:
 
 def _find_table(tables: Sequence[str], suffixes: Sequence[str]) -> str | None:
     for suffix in suffixes:
-        found = sorted(t for t in tables if t.lower() == suffix or t.lower().endswith("_" + suffix))
+        found = sorted(t for t in tables if t.lower().endswith(suffix))  # ExportToDatabase: prefix + "Per_" + name
         if found:
             return found[0]
     return None

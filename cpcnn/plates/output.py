@@ -52,6 +52,12 @@ class PlateOutput:
         """True once the site's cells file exists (it only ever appears whole)."""
         return self.site_path(site).is_file()
 
+    def cells_in(self, site: SiteSpec) -> int:
+        """Rows of a done site's cells file, from its footer."""
+        import pyarrow.parquet as pq
+
+        return int(pq.read_metadata(self.site_path(site)).num_rows)
+
     def write_site(self, site: SiteSpec, table: Any) -> Path:
         """Write one site's cells (a pandas DataFrame or pyarrow Table) atomically."""
         import pyarrow as pa

@@ -25,6 +25,7 @@ from cpcnn.batching import SiteCrops
 from cpcnn.errors import CpcnnError
 from cpcnn.illum import apply_illum, read_illum
 from cpcnn.io.cells import cells_table
+from cpcnn.io.durable import remove_stale
 from cpcnn.io.images import DEFAULT_MAX_PIXELS, read_channel, stack_planes
 from cpcnn.locations import Locations
 from cpcnn.manifest import ModelManifest
@@ -35,8 +36,8 @@ if TYPE_CHECKING:
     from cpcnn.plates.locations import LocationSource
 
 
-#: Illumination functions kept decoded (a plate's five; a few plates interleaved in one LoadData).
-ILLUM_CACHE = 20
+#: Illumination functions kept decoded: two plates' five (a LoadData may interleave plates).
+ILLUM_CACHE = 10
 
 
 class SiteEmbedder(Protocol):
@@ -50,8 +51,17 @@ class SiteEmbedder(Protocol):
     ) -> Iterator[tuple[Any, F32Array]]: ...
 
 
-@lru_cache(maxsize=ILLUM_CACHE)
 def _illum_function(path: Path, shape: tuple[int, int]) -> F32Array:
+    """The plate's function, decoded once per file version (a rewritten file is read again)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return read_illum(path, shape=shape)  # raises the one-line "does not exist"
+    return _cached_illum(path, shape, (stat.st_mtime_ns, stat.st_size))
+
+
+@lru_cache(maxsize=ILLUM_CACHE)
+def _cached_illum(path: Path, shape: tuple[int, int], version: tuple[int, int]) -> F32Array:
     function = read_illum(path, shape=shape)
     function.setflags(write=False)  # shared by every site of the plate
     return function
@@ -86,7 +96,7 @@ class PlateRun:
 
     sites: int = 0
     embedded: dict[str, int] = field(default_factory=dict)  # site name -> cells
-    reused: list[str] = field(default_factory=list)
+    reused: dict[str, int] = field(default_factory=dict)  # site name -> cells, done by an earlier run
     skipped: dict[str, str] = field(default_factory=dict)  # site name -> reason
     seconds: float = 0.0
 
@@ -117,8 +127,8 @@ class PlateRun:
             "cells": self.cells,
             "seconds": round(self.seconds, 3),
             "cells_per_s": round(self.cells_per_s, 1),
-            "cells_per_site": self.embedded,
-            "reused": self.reused,
+            "cells_per_site": {**self.reused, **self.embedded},
+            "reused": list(self.reused),
             "skipped": self.skipped,
         }
 
@@ -146,12 +156,13 @@ def profile_plate(
     from tqdm import tqdm
 
     manifest = embedder.manifest
+    remove_stale(output.cells_dir)  # temporaries of a run killed over an hour ago
     run = PlateRun(sites=len(sites))
     started = time.perf_counter()
     pending = []
     for site in sites:
         if output.done(site):
-            run.reused.append(site.name)
+            run.reused[site.name] = output.cells_in(site)
         else:
             pending.append(site)
     found: dict[str, Locations] = {}

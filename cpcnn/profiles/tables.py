@@ -17,6 +17,7 @@ import fnmatch
 import gzip
 import io
 import logging
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -298,8 +299,8 @@ def csv_header(source: CsvSource, *, what: str) -> list[str]:
         text = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="")
         try:
             header = next(csv.reader(text), None)
-        except csv.Error as exc:
-            raise InputError(f"{what}: unreadable CSV header ({exc})") from exc
+        except (csv.Error, UnicodeDecodeError, OSError, EOFError, zlib.error) as exc:  # not text, a broken .gz
+            raise InputError(f"{what}: unreadable CSV header ({str(exc)[:160]})") from exc
     if not header:
         raise InputError(f"{what}: the table is empty (no header row)")
     duplicated = duplicate_names(header)
@@ -355,7 +356,7 @@ def read_csv_table(
         table = pd.read_csv(
             handle,
             encoding="utf-8",
-            low_memory=False,
+            low_memory=columns is not None,  # chunked parsing keeps memory to the chosen columns
             index_col=False,
             usecols=None if columns is None else list(columns),
             dtype={name: str for name in text_columns} or None,
@@ -372,7 +373,7 @@ def _read_one(path: Path) -> pd.DataFrame:
         if fmt == "csv":
             return read_csv_table(path, what=str(path))
         if fmt == "parquet":
-            return pd.read_parquet(path)
+            return _read_parquet(path)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         if isinstance(exc, InputError):
             raise
@@ -380,6 +381,16 @@ def _read_one(path: Path) -> pd.DataFrame:
     if path.is_file():
         return _npz.read_site(path, path.parent)
     return pd.concat(list(_npz.iter_sites(path)), ignore_index=True)
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    """A Parquet profile table; JUMP's released deep-learning profiles (one ``*_emb`` list column) are expanded
+    into one feature column per value by ``cpcnn.plates.jump``, which owns that layout."""
+    from cpcnn.plates.jump import is_jump_table, read_jump_wells
+
+    if is_jump_table(pq.read_schema(path)):
+        return read_jump_wells(path)
+    return pd.read_parquet(path)
 
 
 def read_profiles(paths: PathLike | Sequence[PathLike], *, features: FeatureSelection = None) -> pd.DataFrame:
