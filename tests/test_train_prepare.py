@@ -89,6 +89,19 @@ def test_rerun_skips_finished_images_and_redoes_a_missing_one(tmp_path: Path) ->
     assert nothing.images_written == 0  # type: ignore[attr-defined]
 
 
+def test_rerun_recomputes_a_removed_function(tmp_path: Path) -> None:
+    plate = write_plate(tmp_path / "plate", wells=("A01",), sites=1)
+    out = tmp_path / "out"
+    settings = PrepareSettings(illum="compute", filter_size=40)
+    _run(plate.root, out, settings=settings)
+    function = out / "illum" / "P1" / "P1_IllumAGP.npy"
+    before = function.read_bytes()
+    function.unlink()
+    (out / "images" / "P1" / "A01_s1_AGP.png").unlink()
+    assert _run(plate.root, out, settings=settings).images_written == 1  # type: ignore[attr-defined]
+    assert function.read_bytes() == before
+
+
 def test_worker_processes_write_the_same_bytes(tmp_path: Path) -> None:
     plate = write_plate(tmp_path / "plate", wells=("A01", "B01"), sites=2)
     _run(plate.root, tmp_path / "one", workers=1, settings=PrepareSettings(illum="compute", filter_size=40))
@@ -154,3 +167,40 @@ def test_missing_illum_columns_and_platemap_problems_are_named(tmp_path: Path) -
     pd.DataFrame({"Metadata_Well": ["A01"], "Metadata_Treatment": ["x"]}).to_csv(plate.platemap, index=False)
     result = _run(plate.root, tmp_path / "out", settings=PrepareSettings(illum="none"))
     assert result.sites == 1 and "platemap does not list" in result.skipped[0]  # type: ignore[attr-defined]
+
+
+def test_synthetic_screen_function_recovers_the_shading_and_flattens_sites(tmp_path: Path) -> None:
+    from cpcnn.training.data import read_index
+
+    from cpcnn.synth.plate import write_screen
+
+    screen = write_screen(tmp_path / "screen", wells=12, sites=2, cells_per_site=30, size=256)
+    out = tmp_path / "out"
+    settings = PrepareSettings(illum="compute", filter_size=100, downsample=4)
+    result = prepare(
+        sites_from_load_data(screen.load_data),
+        out,
+        settings=settings,
+        locations=open_locations(screen.nuclei),
+        platemap=read_platemap(screen.platemap),
+        progress=False,
+    )
+    assert result.sites == 24
+    sites = read_index(result.index, label="Metadata_Treatment", channels=CHANNELS)
+    assert {s.label for s in sites} >= {"DMSO"}
+    inner = (slice(26, -26), slice(26, -26))  # cells are sparser at the field's edges than the shading says
+    for channel in CHANNELS:
+        computed = np.load(out / "illum" / "SYNTH-P1" / f"SYNTH-P1_Illum{channel}.npy")
+        truth = np.load(screen.root / "illum" / "SYNTH-P1" / f"SYNTH-P1_Illum{channel}.npy")
+        assert np.corrcoef(computed[inner].ravel(), truth[inner].ravel())[0, 1] > 0.9, channel
+        assert np.corrcoef(computed.ravel(), truth.ravel())[0, 1] > 0.8, channel
+        pngs = [read_channel(s.images[channel]) for s in sites]
+        assert min(p.min() for p in pngs) == 0 and max(p.max() for p in pngs) == 255
+        raw_mean = np.mean(
+            [read_channel(p) for p in sorted(screen.root.glob(f"images/*/*_{channel}.tiff"))], axis=0
+        )
+        flat_mean = np.mean(pngs, axis=0)
+        assert (
+            abs(np.corrcoef(flat_mean[inner].ravel(), truth[inner].ravel())[0, 1])
+            < 0.5 * np.corrcoef(raw_mean[inner].ravel(), truth[inner].ravel())[0, 1]
+        ), channel

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from cpcnn.training.select import rank_treatments, write_ranking
 
+from cpcnn._types import CHANNELS
 from cpcnn.cli.main import main
 from cpcnn.errors import InputError
 
@@ -137,3 +138,30 @@ def test_write_ranking_refuses_zero_top(tmp_path: Path) -> None:
     ranked = pd.DataFrame({"t": ["a"], "strength_z": [1.0], "n_replicates": [1], "rank": [1]})
     with pytest.raises(InputError, match="--top must be at least 1"):
         write_ranking(ranked, tmp_path, top=0)
+
+
+def test_cli_keeps_the_strongest_treatments_and_the_controls_of_an_index(tmp_path: Path) -> None:
+    wells = _wells()
+    profiles = tmp_path / "wells.csv"
+    wells.to_csv(profiles, index=False)
+    (tmp_path / "data").mkdir()
+    index = tmp_path / "data" / "index.csv"
+    pd.DataFrame(
+        {
+            "Metadata_Plate": wells["Metadata_Plate"],
+            "Metadata_Well": wells["Metadata_Well"],
+            "Metadata_Site": "1",
+            **{c: [f"images/{w}_{c}.png" for w in wells["Metadata_Well"]] for c in CHANNELS},
+            "locations": "/abs/cells.csv",
+            "Metadata_Treatment": wells["Metadata_Treatment"],
+        }
+    ).to_csv(index, index=False)
+    args = ["train", "select", "--profiles", str(profiles), "--treatment", "Metadata_Treatment",
+            "--controls", "Metadata_Treatment=DMSO", "--out", str(tmp_path / "sel"), "--index", str(index)]  # fmt: skip
+    assert main(args) == 1  # --index needs --top
+    assert main([*args, "--top", "1"]) == 0
+    kept = pd.read_csv(tmp_path / "sel" / "index.csv")
+    assert set(kept["Metadata_Treatment"]) == {"strong", "DMSO"}
+    assert len(kept) == 6 + 12  # 3 replicates x 2 plates, 6 controls x 2 plates
+    assert kept["DNA"][0] == str((tmp_path / "data" / "images" / f"{kept['Metadata_Well'][0]}_DNA.png").resolve())
+    assert set(kept["locations"]) == {"/abs/cells.csv"}

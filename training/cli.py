@@ -260,17 +260,23 @@ def _add_select(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     select.add_argument("--metric", choices=("cosine", "euclidean"), default="cosine")
     select.add_argument("--features", help="feature columns (names or globs, comma-separated; default all)")
     select.add_argument("--top", type=int, help="also write OUT/kept.csv with the strongest N treatments")
+    select.add_argument(
+        "--index", type=Path, help="with --top: write OUT/index.csv, this training index's rows of the kept "
+        "treatments and the controls (a ready --index for 'cpcnn train run')"
+    )
     select.add_argument("--out", type=Path, required=True, help="output folder")
     select.set_defaults(func=cmd_select)
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from cpcnn.training.select import rank_treatments, write_ranking
+    from cpcnn.training.select import keep_in_index, rank_treatments, write_ranking
 
     from cpcnn.profiles import read_profiles
 
     if args.top is not None and args.top < 1:
         raise InputError(f"--top must be at least 1, got {args.top}")
+    if args.index is not None and args.top is None:
+        raise InputError("--index needs --top: it keeps the rows of the strongest N treatments")
     wells = read_profiles(args.profiles, features=args.features)
     ranked = rank_treatments(
         wells, treatment=args.treatment, controls=args.controls, metric=args.metric, features=args.features
@@ -278,6 +284,11 @@ def cmd_select(args: argparse.Namespace) -> int:
     paths = write_ranking(ranked, args.out, top=args.top)
     shown = ", ".join(f"{t} ({z:.2f})" for t, z in zip(ranked[args.treatment][:5], ranked["strength_z"][:5], strict=False))
     print(f"ranked {len(ranked)} treatments, strongest: {shown} -> {', '.join(map(str, paths))}")
+    if args.index is not None:
+        path, rows = keep_in_index(
+            args.index, ranked.head(args.top), args.out / "index.csv", treatment=args.treatment, controls=args.controls
+        )
+        print(f"{rows} sites of the kept treatments and the controls -> {path}")
     return 0
 
 

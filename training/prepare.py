@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -45,6 +44,9 @@ SCALING_FORMAT = "cpcnn-prepare/1"
 SAMPLE_PIXELS = 2_000_000
 MIN_SAMPLE_PER_IMAGE = 1000
 _SAMPLE_SEED = 0
+#: zlib level of the PNGs: on 1080 x 1080 Cell Painting planes level 1 encodes 5x faster than the
+#: default for files 12% larger (83 vs 448 ms, 496 vs 441 kB).
+PNG_LEVEL = 1
 KEY_COLUMNS = ("Metadata_Plate", "Metadata_Well", "Metadata_Site")
 LOCATIONS_COLUMN = "locations"
 
@@ -157,7 +159,9 @@ class _ChannelStats:
     samples: F32Array  # (images, k) raw values at the positions
 
 
+@lru_cache(maxsize=4)
 def _sample_positions(shape: tuple[int, int], per_image: int) -> np.ndarray:
+    """The plate's sampled pixels (flat indices, sorted): the same in every image and every process."""
     n = shape[0] * shape[1]
     if per_image >= n:
         return np.arange(n)
@@ -211,7 +215,7 @@ def _write_images(jobs: list[_ImageJob]) -> int:
             values /= _illum_function(job.illum, (int(plane.shape[0]), int(plane.shape[1])))
         scaled = (values - np.float32(job.low)) * np.float32(255.0 / (job.high - job.low))
         pixels = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-        _write_atomically(job.target, imagecodecs.png_encode(pixels))
+        _write_atomically(job.target, imagecodecs.png_encode(pixels, level=PNG_LEVEL))
     return len(jobs)
 
 
@@ -279,8 +283,7 @@ def prepare(
     by_plate: dict[str, list[PrepSite]] = {}
     for site in usable:
         by_plate.setdefault(site.spec.plate, []).append(site)
-    context = multiprocessing.get_context("spawn")
-    pool: Executor = _Inline() if workers == 1 else ProcessPoolExecutor(workers, mp_context=context)
+    pool: Executor = _Inline() if workers == 1 else ProcessPoolExecutor(workers)
     with pool:
         for plate, plate_sites in by_plate.items():
             result.scaling[plate] = _prepare_plate(
@@ -386,7 +389,7 @@ def _prepare_plate(
     result.images_done_before += len(sites) * len(settings.channels) - len(todo)
     scaling_path = out / "illum" / file_safe(plate) / "scaling.json"
     fingerprint = {**asdict(settings), "illum": mode, "channels": list(settings.channels)}
-    saved = _read_scaling(scaling_path, fingerprint)
+    saved = _read_scaling(scaling_path, fingerprint, out)
     if not todo:
         return saved or {}
     scaling = (
@@ -428,7 +431,7 @@ def _illum_file(
     return None
 
 
-def _read_scaling(path: Path, fingerprint: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+def _read_scaling(path: Path, fingerprint: dict[str, Any], out: Path) -> dict[str, dict[str, Any]] | None:
     """A previous run's percentiles when it used the same settings (else None: recompute)."""
     if not path.is_file():
         return None
@@ -438,7 +441,10 @@ def _read_scaling(path: Path, fingerprint: dict[str, Any]) -> dict[str, dict[str
         return None
     if saved.get("format") != SCALING_FORMAT or saved.get("settings") != json.loads(json.dumps(fingerprint)):
         return None
-    return saved["channels"]
+    channels: dict[str, dict[str, Any]] = saved["channels"]
+    if any(entry["illum"] and not (out / entry["illum"]).is_file() for entry in channels.values()):
+        return None  # a computed function was removed: compute it (and the percentiles) again
+    return channels
 
 
 def _results(pool: Executor, fn: Callable[..., T], calls: Sequence[tuple[Any, ...]]) -> Iterator[T]:

@@ -10,13 +10,14 @@ Distances are cosine (1 - cosine similarity; an all-zero well is at distance 1) 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from cpcnn._types import F64Array
+from cpcnn._types import CHANNELS, F64Array
 from cpcnn.errors import InputError
 from cpcnn.profiles.similarity import cosine_similarity
 from cpcnn.profiles.sphering import ControlSelector
@@ -107,6 +108,43 @@ def rank_treatments(
     ranked = ranked.sort_values(["strength_z", treatment], ascending=[False, True], kind="stable")
     ranked["rank"] = np.arange(1, len(ranked) + 1)
     return ranked.reset_index(drop=True)
+
+
+def keep_in_index(
+    index: Path,
+    kept: pd.DataFrame,
+    out: Path,
+    *,
+    treatment: str,
+    controls: str | ControlSelector,
+    path_columns: Sequence[str] = (*CHANNELS, "locations"),
+) -> tuple[Path, int]:
+    """A training index's rows of the kept treatments and of the controls -> ``out`` (CSV), with relative
+    paths made absolute (they were relative to the index's folder); returns the path and the row count."""
+    index = Path(index)
+    try:
+        table = (
+            pd.read_parquet(index).astype(str)
+            if index.read_bytes()[:4] == b"PAR1"
+            else pd.read_csv(
+                index, dtype=str, keep_default_na=False, sep="\t" if index.suffix == ".tsv" else ","
+            )
+        )
+    except (OSError, ValueError) as exc:
+        raise InputError(f"index {index.name} is not a readable CSV or Parquet table ({exc})") from exc
+    if treatment not in table.columns:
+        raise InputError(f"index {index.name} has no treatment column {treatment!r}")
+    selector = ControlSelector.parse(controls)
+    wanted = set(kept[treatment].astype(str))
+    rows = table[table[treatment].isin(wanted).to_numpy() | selector.mask(table)].copy()
+    for column in (c for c in path_columns if c in rows.columns):
+        rows[column] = [
+            v if Path(v).is_absolute() else str((index.parent / v).resolve()) for v in rows[column]
+        ]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows.to_csv(out, index=False)
+    return out, len(rows)
 
 
 def write_ranking(ranked: pd.DataFrame, out: Path, *, top: int | None = None) -> list[Path]:
