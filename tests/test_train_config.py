@@ -103,3 +103,11 @@ def test_yaml_without_pyyaml_names_the_extra(
     monkeypatch.setitem(sys.modules, "yaml", None)  # import yaml raises ImportError
     assert main(["train", "run", "--config", str(path)]) == 1
     assert "install the 'train' extra" in capsys.readouterr().err
+
+
+def test_help_shows_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "run", "--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert "--config CONFIG" in out and "(default Metadata_Treatment)" in out

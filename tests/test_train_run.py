@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,11 +16,11 @@ import pytest
 import torch
 from _model_fixtures import torch_threads
 from _train_index import write_index
-from cpcnn.training.augment import augment_batch
+from cpcnn.training.augment import augment_batch, augment_stored
 from cpcnn.training.checkpoint import load_checkpoint
 from cpcnn.training.config import make_config
 from cpcnn.training.data import prepare_data
-from cpcnn.training.loader import step_seed
+from cpcnn.training.loader import device_batch, step_seed
 from cpcnn.training.loop import initial_network, make_optimizer, train
 from cpcnn.training.scores import confusion, scores
 
@@ -161,7 +162,7 @@ def test_fp32_step_is_the_plain_sgd_step_with_or_without_workers(data, tmp_path:
     optimizer = make_optimizer(net, config)
     cells = prepared.epoch_cells(0, seed=config.seed)[: config.batch_size]
     seed = step_seed(config.seed, 0)
-    crops = augment_batch(prepared.cache.batch(cells), generator=torch.Generator().manual_seed(seed))
+    crops = prepared.cache.augmented(cells, generator=torch.Generator().manual_seed(seed))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         loss = torch.nn.functional.cross_entropy(net(crops), torch.from_numpy(prepared.labels[cells]))
@@ -173,10 +174,53 @@ def test_fp32_step_is_the_plain_sgd_step_with_or_without_workers(data, tmp_path:
             torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=f"{name}: {key}")
 
 
+def test_augmenting_stored_crops_equals_augmenting_converted_ones(data) -> None:  # type: ignore[no-untyped-def]
+    prepared, _ = data
+    cells = np.array([3, 0, 2, 1, 3])
+    for seed in range(4):
+        expected = augment_batch(prepared.cache.batch(cells), generator=torch.Generator().manual_seed(seed))
+        got = prepared.cache.augmented(cells, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(got, expected, rtol=0, atol=2e-6)
+    half = np.random.default_rng(0).random((3, 128, 128, 5)).astype(np.float16)
+    converted = torch.from_numpy(half.astype(np.float32)).permute(0, 3, 1, 2)
+    torch.testing.assert_close(
+        augment_stored(half, scale=1.0, generator=torch.Generator().manual_seed(1)),
+        augment_batch(converted, generator=torch.Generator().manual_seed(1)),
+        rtol=0,
+        atol=2e-6,
+    )
+
+
+def test_device_augmentation_matches_the_cpu_path(data) -> None:  # type: ignore[no-untyped-def]
+    prepared, _ = data
+    cells = np.array([3, 0, 2, 1, 3])
+    for seed in range(4):
+        expected = prepared.cache.augmented(cells, generator=torch.Generator().manual_seed(seed))
+        stored = prepared.cache.stored(cells)
+        got = device_batch(
+            stored,
+            torch.device("cpu"),
+            scale=prepared.cache.scale,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        torch.testing.assert_close(got, expected, rtol=0, atol=2e-6)
+    plain = device_batch(
+        prepared.cache.stored(cells), torch.device("cpu"), scale=prepared.cache.scale, generator=None
+    )
+    torch.testing.assert_close(plain, prepared.cache.batch(cells), rtol=0, atol=0)
+
+
 def test_bf16_autocast_and_channels_last_run_on_the_cpu(data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     prepared, config = data
     result = train(
-        prepared, config, tmp_path / "bf16", max_steps=1, log_every=0, precision="bf16", channels_last=True
+        prepared,
+        config,
+        tmp_path / "bf16",
+        max_steps=1,
+        log_every=0,
+        precision="bf16",
+        channels_last=True,
+        device_augment=True,  # the CUDA data path: 8-bit crops converted and augmented on the device
     )
     row = result.metrics[0]
     assert np.isfinite(row["train_loss"]) and np.isfinite(row["val_loss"])
@@ -185,3 +229,26 @@ def test_bf16_autocast_and_channels_last_run_on_the_cpu(data, tmp_path: Path) ->
     start = initial_network(len(prepared.classes), config).state_dict()
     assert not torch.equal(checkpoint.state_dict["stem_conv.weight"], start["stem_conv.weight"])
     checkpoint.build()  # loads strictly into a contiguous network
+
+
+def test_curves_without_matplotlib_warn_once(
+    run: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from cpcnn.training.curves import plot_curves
+
+    folder, _ = run
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    assert plot_curves(folder / "metrics.jsonl", tmp_path) is None
+    assert not (tmp_path / "curves.png").exists()
+    assert [r.message for r in caplog.records] == [
+        "no learning-curve plot: matplotlib is missing (install the 'plots' extra)"
+    ]
+
+
+def test_a_second_run_into_the_folder_keeps_its_run_file(run: tuple[Path, str]) -> None:
+    folder, _ = run
+    other = folder.parent / "other.toml"
+    other.write_text(RUN_FILE.replace("epochs = 1", "epochs = 2"))
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["train", "run", "-q", "--config", str(other)]) == 1  # the folder holds a run
+    assert (folder / "run.toml").read_text() == RUN_FILE

@@ -59,9 +59,10 @@ def two_sources(folder: Path) -> list[Source]:
     )
 
 
-def test_class_table_of_two_sources(tmp_path: Path) -> None:
+def test_class_table_of_two_sources(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     sources = two_sources(tmp_path)
-    data = prepare_data(sources, make_config(min_cells=6, batch_size=4), cache_dir=tmp_path / "crops")
+    data = prepare_data(sources, make_config(min_cells=6, batch_size=8), cache_dir=tmp_path / "crops")
+    assert "3 class(es) have fewer training cells than a batch (8)" in caplog.text
     table = {row.name: row for row in data.table}
     assert {name: (r.kind, r.cells, r.plates, r.sources, r.kept) for name, r in table.items()} == {
         "cmpd1": ("treatment", 15, 3, ("compounds.csv", "orfs.csv"), True),  # matched across sources

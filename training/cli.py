@@ -16,11 +16,11 @@ from pathlib import Path
 from cpcnn.training.arch import CNN1_NUM_CLASSES
 from cpcnn.training.config import TrainConfig, make_config
 from cpcnn.training.runfile import (
-    copy_run_file,
+    given_options,
+    mark_defaults,
     merge_run_options,
     read_run_file,
     resolve_file_paths,
-    suppress_defaults,
 )
 
 from cpcnn._types import NORMALIZATIONS
@@ -106,7 +106,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "--workers", type=int, help="crop-loading processes (default: several on CUDA, none on the CPU)"
     )
     run.set_defaults(func=cmd_run)
-    suppress_defaults(run)
+    mark_defaults(run)
     _RUN_PARSER.append(run)
 
     init = sub.add_parser("init", help="write a checkpoint with freshly initialized weights")
@@ -130,12 +130,12 @@ def _log_progress(args: argparse.Namespace) -> None:
 def run_options(args: argparse.Namespace) -> argparse.Namespace:
     """Defaults < --config file < command line, as one namespace (``sources`` only from the file)."""
     parser = _RUN_PARSER[-1]
-    dests = {a.dest for a in parser._actions}
-    given = {k: v for k, v in vars(args).items() if k in dests}
-    file_values = read_run_file(args.config) if getattr(args, "config", None) else {}
-    options = merge_run_options(parser, given, file_values, source=getattr(args, "config", Path()).name)
-    if file_values:
-        resolve_file_paths(options, file_values, args.config.parent)
+    given = given_options(parser, args)
+    config = given.get("config")
+    file_values = read_run_file(config) if config else {}
+    options = merge_run_options(parser, given, file_values, source=config.name if config else "")
+    if config:
+        resolve_file_paths(options, file_values, config.parent)
     options.setdefault("sources", None)
     if options["out"] is None:
         raise InputError("--out is required (on the command line or as 'out' in --config)")
@@ -184,8 +184,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.sources is not None:
         sources = parse_sources(args.sources, base=args.config.parent, label=config.label)
     data = prepare_data(sources, config, cache_dir=args.cache_dir or args.out / "crops")
-    if args.config:
-        copy_run_file(args.config, args.out)
     print(format_class_table(data.table))
     for site, reason in data.skipped:
         print(f"skipped {site.describe()}: {reason}")
@@ -201,6 +199,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         precision=args.precision,
         workers=args.workers,
         progress_bar=not args.quiet,
+        run_file=args.config,
     )
     for row in result.metrics:
         print(_summary(row))

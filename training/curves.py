@@ -18,6 +18,7 @@ def plot_curves(metrics_path: Path, out: Path) -> Path | None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         logger.warning("no learning-curve plot: matplotlib is missing (install the 'plots' extra)")
         return None
@@ -35,6 +36,7 @@ def plot_curves(metrics_path: Path, out: Path) -> Path | None:
             if any(v is not None for v in values):
                 axis.plot(epochs, [float("nan") if v is None else v for v in values], style, label=split)
         axis.set_title(title)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("epoch")
         axis.legend()
     path = out / CURVES_PNG

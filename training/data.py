@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import torch
+from cpcnn.training.augment import augment_stored
 from cpcnn.training.config import CacheDtype, TrainConfig
 from cpcnn.training.sources import ClassRow, Source, cap_control_wells, check_channels, class_table
 
@@ -161,6 +162,11 @@ class CropCache:
     def __len__(self) -> int:
         return int(self.crops.shape[0])
 
+    @property
+    def scale(self) -> float:
+        """Stored value x scale = normalized value."""
+        return 1 / 255 if self.crops.dtype == np.uint8 else 1.0
+
     def batch(self, cells: I64Array) -> torch.Tensor:
         """Cell indices -> (B, C, S, S) float32 in [0, 1], channels first for the network."""
         stored = self.crops[np.asarray(cells)]
@@ -168,6 +174,14 @@ class CropCache:
         if stored.dtype == np.uint8:
             values *= np.float32(1 / 255)
         return torch.from_numpy(values).permute(0, 3, 1, 2).contiguous()
+
+    def stored(self, cells: I64Array) -> torch.Tensor:
+        """Cell indices -> the cached (B, S, S, C) values as they are stored (x ``scale`` = normalized)."""
+        return torch.from_numpy(np.ascontiguousarray(self.crops[np.asarray(cells)]))
+
+    def augmented(self, cells: I64Array, *, generator: torch.Generator) -> torch.Tensor:
+        """``augment_batch(self.batch(cells))`` up to float rounding, from the stored values directly."""
+        return augment_stored(self.crops[np.asarray(cells)], scale=self.scale, generator=generator)
 
 
 def _fingerprint(sites: Sequence[Site], *, normalization: str, dtype: str, channels: Sequence[str]) -> str:

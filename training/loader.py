@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from cpcnn.training.augment import augment_batch
+from cpcnn.training.augment import augment_on_device
 from cpcnn.training.data import TrainingData
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -29,10 +29,17 @@ def step_seed(seed: int, step: int) -> int:
 
 
 class TrainBatches(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """(epoch, index, step) -> augmented (B, C, S, S) float32 crops and their (B,) class codes."""
+    """(epoch, index, step) -> augmented (B, C, S, S) float32 crops and their (B,) class codes.
 
-    def __init__(self, data: TrainingData, *, batch_size: int, seed: int, augment: bool) -> None:
+    ``stored=True`` returns the cached (B, S, S, C) values instead (uint8: a quarter of the bytes to
+    ship from a worker); the caller then converts and augments on its device (:func:`device_batch`).
+    """
+
+    def __init__(
+        self, data: TrainingData, *, batch_size: int, seed: int, augment: bool, stored: bool = False
+    ) -> None:
         self.data, self.batch_size, self.seed, self.augment = data, batch_size, seed, augment
+        self.stored = stored
         self._epoch: tuple[int, I64Array] | None = None
 
     def cells(self, epoch: int) -> I64Array:
@@ -43,24 +50,40 @@ class TrainBatches(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __getitem__(self, key: StepKey) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, index, step = key
         batch = self.cells(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
-        crops = self.data.cache.batch(batch)
+        if self.stored:
+            return self.data.cache.stored(batch), torch.from_numpy(self.data.labels[batch])
         if self.augment:
-            crops = augment_batch(crops, generator=torch.Generator().manual_seed(step_seed(self.seed, step)))
+            generator = torch.Generator().manual_seed(step_seed(self.seed, step))
+            crops = self.data.cache.augmented(batch, generator=generator)
+        else:
+            crops = self.data.cache.batch(batch)
         return crops, torch.from_numpy(self.data.labels[batch])
 
 
 class CellBatches(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Start position -> the next ``batch_size`` of ``cells`` unaugmented, with class codes."""
 
-    def __init__(self, data: TrainingData, cells: I64Array, *, batch_size: int) -> None:
-        self.data, self.cells, self.batch_size = data, cells, batch_size
+    def __init__(self, data: TrainingData, cells: I64Array, *, batch_size: int, stored: bool = False) -> None:
+        self.data, self.cells, self.batch_size, self.stored = data, cells, batch_size, stored
 
     def __len__(self) -> int:
         return -(-self.cells.size // self.batch_size)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.cells[index * self.batch_size : (index + 1) * self.batch_size]
-        return self.data.cache.batch(batch), torch.from_numpy(self.data.labels[batch])
+        crops = self.data.cache.stored(batch) if self.stored else self.data.cache.batch(batch)
+        return crops, torch.from_numpy(self.data.labels[batch])
+
+
+def device_batch(
+    stored: torch.Tensor, device: torch.device, *, scale: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Cached (B, S, S, C) values -> (B, C, S, S) float32 on ``device`` (channels_last), augmented there
+    when a generator is given (its draws are those :func:`augment_batch` would make on the CPU)."""
+    planes = stored.to(device, non_blocking=True).permute(0, 3, 1, 2)
+    if generator is None:
+        return planes.float() * scale
+    return augment_on_device(planes, scale=scale, generator=generator)
 
 
 class Schedule(Sampler[StepKey]):

@@ -35,10 +35,12 @@ from cpcnn.training.loader import (
     Schedule,
     TrainBatches,
     default_workers,
+    device_batch,
     make_loader,
     step_seed,
 )
 from cpcnn.training.net import EfficientNetB0
+from cpcnn.training.runfile import copy_run_file
 from cpcnn.training.scores import scores
 from cpcnn.training.sources import write_class_table
 from cpcnn.training.stem import load_imagenet
@@ -121,6 +123,7 @@ def evaluate(
     workers: int = 0,
     amp: torch.dtype | None = None,
     channels_last: bool = False,
+    on_device: bool = False,
 ) -> tuple[float, npt.NDArray[np.int64]]:
     """Mean cross-entropy and confusion matrix of ``cells`` without augmentation, in eval mode."""
     n_classes = len(data.classes)
@@ -132,10 +135,15 @@ def evaluate(
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     matrix = torch.zeros(n_classes * n_classes, dtype=torch.int64, device=device)
     loader = make_loader(
-        CellBatches(data, cells, batch_size=batch_size), None, workers=workers, pin=device.type == "cuda"
+        CellBatches(data, cells, batch_size=batch_size, stored=on_device),
+        None,
+        workers=workers,
+        pin=device.type == "cuda",
     )
     with torch.no_grad():
         for crops, targets in loader:
+            if on_device:
+                crops = device_batch(crops, device, scale=data.cache.scale, generator=None)
             crops, targets = _to_device(crops, targets, device, channels_last=channels_last)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 logits = net(crops)
@@ -177,6 +185,8 @@ def train(
     channels_last: bool | None = None,
     workers: int | None = None,
     progress_bar: bool = False,
+    device_augment: bool | None = None,
+    run_file: Path | None = None,
 ) -> RunResult:
     """Train (or resume) until ``config.epochs`` epochs or ``max_steps`` steps in total; see module doc.
 
@@ -184,7 +194,9 @@ def train(
     augmented on the CPU (in ``workers`` processes; default: several on CUDA, none on the CPU), then
     moved; checkpoints are always written with CPU tensors. ``precision`` "auto" trains in mixed
     precision on CUDA and in fp32 on the CPU; ``channels_last`` (default: on CUDA) changes memory layout
-    only. ``progress_bar`` draws a tqdm bar on stderr.
+    only. ``progress_bar`` draws a tqdm bar on stderr. ``device_augment`` (default: on CUDA) has the
+    workers ship 8-bit crops and converts and augments them on the device. ``run_file`` (the TOML/YAML
+    the run was described by) is copied into ``out`` once the run is known not to clash with another.
     """
     out = Path(out)
     if resume is None and (out / LAST).exists():
@@ -201,7 +213,10 @@ def train(
             channels_last=target.type == "cuda" if channels_last is None else channels_last,
             workers=default_workers(target) if workers is None else workers,
             progress_bar=progress_bar,
+            on_device=target.type == "cuda" if device_augment is None else device_augment,
         )
+        if run_file is not None:
+            copy_run_file(run_file, out)
         return _run(
             data,
             config,
@@ -224,6 +239,8 @@ class Speed:
     channels_last: bool = False
     workers: int = 0
     progress_bar: bool = False
+    #: Workers ship the stored 8-bit crops; conversion and augmentation run on the device (CUDA).
+    on_device: bool = False
 
 
 def pick_device(device: str) -> torch.device:
@@ -297,7 +314,9 @@ def _run(
     step = progress.step
     n_classes = len(data.classes)
     schedule = Schedule()
-    batches = TrainBatches(data, batch_size=config.batch_size, seed=config.seed, augment=config.augment)
+    batches = TrainBatches(
+        data, batch_size=config.batch_size, seed=config.seed, augment=config.augment, stored=speed.on_device
+    )
     loader = make_loader(batches, schedule, workers=speed.workers, pin=device.type == "cuda")
     for epoch in range(progress.epoch, config.epochs):
         n_batches = math.ceil(batches.cells(epoch).size / config.batch_size)
@@ -320,6 +339,11 @@ def _run(
         )
         started = time.perf_counter()
         for crops, targets in loader:
+            if speed.on_device:
+                generator = (
+                    torch.Generator().manual_seed(step_seed(config.seed, step)) if config.augment else None
+                )
+                crops = device_batch(crops, device, scale=data.cache.scale, generator=generator)
             crops, targets = _to_device(crops, targets, device, channels_last=speed.channels_last)
             loss, predictions = _step(
                 net, optimizer, scaler, criterion, crops, targets, seed=config.seed, step=step, amp=speed.amp
@@ -330,7 +354,7 @@ def _run(
             seen += int(targets.numel())
             busy = time.perf_counter() - started
             bar.update(1)
-            if speed.progress_bar and (step % 10 == 0 or done == last_index):
+            if speed.progress_bar and (step % 10 == 0 or done in (first + 1, last_index)):
                 bar.set_postfix_str(f"loss {float(loss):.3f}, {seen / busy:.0f} crops/s", refresh=False)
             if log_every and step % log_every == 0:
                 logger.info(
@@ -430,6 +454,7 @@ def _finish_epoch(
         workers=speed.workers,
         amp=speed.amp,
         channels_last=speed.channels_last,
+        on_device=speed.on_device,
     )
     val_scores = scores(val_matrix, data.classes)
     val_accuracy = math.nan if val_scores["accuracy"] is None else val_scores["accuracy"]

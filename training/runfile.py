@@ -61,7 +61,7 @@ def merge_run_options(
 ) -> dict[str, Any]:
     """Defaults < file < command line, every file value checked against the option it sets.
 
-    ``given`` holds only the options typed on the command line (the parser's defaults are suppressed).
+    ``given`` holds only the options typed on the command line (see :func:`given_options`).
     """
     actions = {a.dest: a for a in parser._actions if a.dest not in ("help", argparse.SUPPRESS)}
     options = {dest: _default(action) for dest, action in actions.items()}
@@ -76,17 +76,32 @@ def merge_run_options(
     return options
 
 
+class Default:
+    """An option's default as the parser holds it: prints as the value (for ``%(default)s`` in help), and
+    tells a value typed on the command line (never a Default) from one left alone."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
 def _default(action: argparse.Action) -> Any:
-    return getattr(action, "real_default", action.default)
+    return action.default.value if isinstance(action.default, Default) else action.default
 
 
-def suppress_defaults(parser: argparse.ArgumentParser) -> None:
-    """Remember each default and hide it, so the parsed namespace shows what the command line set."""
+def mark_defaults(parser: argparse.ArgumentParser) -> None:
+    """Wrap each default in :class:`Default`, so the parsed namespace shows what the command line set."""
     for action in parser._actions:
-        if action.dest != "help":
-            action.real_default = action.default  # type: ignore[attr-defined]
-            action.default = argparse.SUPPRESS
-            action.required = False
+        if action.dest != "help" and not isinstance(action.default, Default):
+            action.default = Default(action.default)
+
+
+def given_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """The options of ``parser`` that the command line set."""
+    dests = {a.dest for a in parser._actions}
+    return {k: v for k, v in vars(args).items() if k in dests and not isinstance(v, Default)}
 
 
 def _checked(action: argparse.Action, key: str, value: Any, source: str) -> Any:
