@@ -62,10 +62,9 @@ def test_trained_network_retrieves_held_out_moas_better_than_the_untrained_one(p
 
 def test_exported_models_compute_torch_features(proof: dict) -> None:
     for name in ("trained", "untrained"):
-        # The import's own check is relative (1e-5 x max(1, max |feature|)) on random crops, where a
-        # trained network's features reach ~10; it refuses to store a model that fails it.
-        assert proof["onnx_vs_torch_import"][name] >= 0
+        # `cpcnn models import` already refused any model failing its own check (relative: 1e-5 x
+        # max(1, max |feature|) on random crops, where a trained network's features reach ~10). Here:
+        # absolute, on real crops, against torch in float64 (float32 torch carries its own error).
         measured = proof["onnx_vs_torch_profiled_cells"][name]
         assert measured["cells"] > 0
         assert measured["max_abs_diff_vs_float64_torch"] <= PARITY
-        assert measured["max_abs_diff_vs_float32_torch"] <= PARITY
