@@ -72,7 +72,7 @@ SIZES = {
     "quick": Sizes(plates=2, wells=69, sites=1, cells_per_site=12, size=256, train_per_moa=1, epochs=30,
                    max_steps=480, batch_size=8, lr=0.02, augment=False, sphering_lambda=1e-2, effect_scale=0.4),
     "full": Sizes(plates=3, wells=96, sites=2, cells_per_site=12, size=256, train_per_moa=1, epochs=30,
-                  max_steps=2000, batch_size=8, lr=0.02, augment=False, sphering_lambda=1e-2, effect_scale=0.4),
+                  max_steps=2000, batch_size=8, lr=0.02, augment=False, sphering_lambda=1e-2, effect_scale=1.0),
 }
 
 
