@@ -25,6 +25,7 @@ delete OUT for a clean timing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -64,13 +65,14 @@ class Sizes:
     lr: float
     augment: bool
     sphering_lambda: float
+    effect_scale: float  # cpcnn synth plate --effect-scale: how subtle the treatments are
 
 
 SIZES = {
     "quick": Sizes(plates=2, wells=69, sites=1, cells_per_site=12, size=256, train_per_moa=1, epochs=30,
-                   max_steps=480, batch_size=8, lr=0.02, augment=False, sphering_lambda=1e-2),
+                   max_steps=480, batch_size=8, lr=0.02, augment=False, sphering_lambda=1e-2, effect_scale=0.4),
     "full": Sizes(plates=3, wells=96, sites=2, cells_per_site=12, size=256, train_per_moa=1, epochs=30,
-                  max_steps=2000, batch_size=8, lr=0.02, augment=False, sphering_lambda=1e-2),
+                  max_steps=2000, batch_size=8, lr=0.02, augment=False, sphering_lambda=1e-2, effect_scale=1.0),
 }
 
 
@@ -268,12 +270,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="torch and inference threads (default 1: a run is deterministic per thread count, and on a "
         "shared 2-core machine one thread trained 2-7x faster than two)",
     )
+    parser.add_argument("--effect-scale", type=float, help="override the size's synthetic effect scale")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     sizes = SIZES["quick" if args.quick else "full"]
+    if args.effect_scale is not None:
+        sizes = dataclasses.replace(sizes, effect_scale=args.effect_scale)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ["CPCNN_HOME"] = str(out / "home")  # a private model store, inherited by every command
@@ -284,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not (screen / "treatments.csv").is_file():
         stages.run("synth", cpcnn, "synth", "plate", "--out", screen, "--plates", sizes.plates, "--wells",
                    sizes.wells, "--sites", sizes.sites, "--cells-per-site", sizes.cells_per_site,
-                   "--size", sizes.size, "--seed", args.seed)
+                   "--size", sizes.size, "--seed", args.seed, "--effect-scale", sizes.effect_scale)
     treatments = pd.read_csv(screen / "treatments.csv")
     platemap = pd.read_csv(screen / "platemap.csv", dtype=str)
     train, held_out = split_treatments(treatments, sizes.train_per_moa)

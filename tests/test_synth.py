@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from cpcnn.crops import crop_cells
 from cpcnn.illum import apply_illum, read_illum
 from cpcnn.io.images import read_site
 from cpcnn.synth.plate import Screen, conditions_for_plate, write_screen
-from cpcnn.synth.treatments import MOAS, design_layout
+from cpcnn.synth.treatments import MOAS, Phenotype, design_layout
 
 SMALL = {"wells": 2, "sites": 1, "cells_per_site": 8, "size": 256}
 
@@ -227,3 +228,26 @@ def test_cli_writes_a_screen_and_embed_reads_one_of_its_sites(
     assert len(table) == 6 and table["Metadata_ObjectNumber"].tolist() == [1, 2, 3, 4, 5, 6]
     features = table[[c for c in table.columns if c.startswith("efficientnet_")]].to_numpy()
     assert features.shape == (6, 672) and np.all(np.isfinite(features))
+
+
+def test_effect_scale_scales_each_moa_change_and_nothing_else() -> None:
+    """Same seed, same draws: at scale 0.5 every MoA log2 change is half of scale 1's; side effects stay."""
+    full, half = design_layout(64, 3), design_layout(64, 3, effect_scale=0.5)
+    base = Phenotype()
+    by_name = {m.name: m for m in MOAS}
+    for a, b in zip(full.treatments[1:], half.treatments[1:], strict=True):
+        assert (a.name, a.moa, a.strength) == (b.name, b.moa, b.strength)
+        for parameter in vars(base):
+            log_a = math.log2(getattr(a.phenotype, parameter) / getattr(base, parameter))
+            log_b = math.log2(getattr(b.phenotype, parameter) / getattr(base, parameter))
+            if parameter in by_name[a.moa].log2_changes and parameter != "mito_fragmentation":  # clipped at 1
+                assert math.isclose(log_b, log_a / 2, abs_tol=1e-9), (a.name, parameter)
+            elif parameter not in by_name[a.moa].log2_changes:
+                assert math.isclose(log_b, log_a, abs_tol=1e-9), (a.name, parameter)
+    assert [w for w, _ in full.wells] == [w for w, _ in half.wells]
+
+
+def test_effect_scale_out_of_range_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["synth", "plate", "--out", str(tmp_path / "s"), "--effect-scale", "-1", "--size", "128",
+                 "--wells", "1", "--sites", "1", "--cells-per-site", "1"]) == 1
+    assert "effect scale" in capsys.readouterr().err

@@ -32,6 +32,10 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     plate.add_argument("--cells-per-site", type=int, default=150, help="cells per site (default 150)")
     plate.add_argument("--size", type=int, default=1080, help="site side in pixels (default 1080)")
     plate.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    plate.add_argument(
+        "--effect-scale", type=float, default=1.0,
+        help="multiply every treatment's phenotype changes (below 1: subtler treatments; default 1)",
+    )
     plate.set_defaults(func=cmd_synth_plate)
 
 
@@ -42,6 +46,7 @@ def cmd_synth_plate(args: argparse.Namespace) -> int:
     screen = write_screen(
         args.out, plates=args.plates, wells=args.wells, sites=args.sites,
         cells_per_site=args.cells_per_site, size=args.size, seed=args.seed,
+        effect_scale=args.effect_scale,
     )
     n_sites = args.plates * args.wells * args.sites
     moas = sorted({t.moa for t in screen.layout.treatments})

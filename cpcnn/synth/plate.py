@@ -67,13 +67,20 @@ def write_screen(
     cells_per_site: int = 150,
     size: int = 1080,
     seed: int = 0,
+    effect_scale: float = 1.0,
 ) -> Screen:
-    """Render and write a screen of ``plates`` x ``wells`` x ``sites`` fields of ``size`` x ``size`` px."""
+    """Render and write a screen of ``plates`` x ``wells`` x ``sites`` fields of ``size`` x ``size`` px.
+
+    ``effect_scale`` multiplies every treatment's phenotype changes: below 1 treatments are subtler than
+    the cell-to-cell and plate variation, as weak compounds are (harder screens for methods to separate).
+    """
     check_screen_arguments(plates=plates, wells=wells, sites=sites, cells_per_site=cells_per_site, size=size, seed=seed)
+    if not 0 <= effect_scale <= 4:
+        raise InputError(f"effect scale must be between 0 and 4, got {effect_scale}")
     import tifffile
 
     out = Path(out)
-    layout = design_layout(wells, seed)
+    layout = design_layout(wells, seed, effect_scale=effect_scale)
     names = tuple(plate_name(p) for p in range(plates))
     load_rows, nuclei_rows = [], []
     for plate_index, plate in enumerate(names):

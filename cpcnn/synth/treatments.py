@@ -137,8 +137,9 @@ def well_names(count: int) -> list[str]:
     return [f"{chr(ord('A') + i // 24)}{i % 24 + 1:02d}" for i in range(count)]
 
 
-def design_layout(wells: int, seed: int) -> Layout:
-    """Treatments for ``wells`` wells (1..384) following the rule in the module docstring."""
+def design_layout(wells: int, seed: int, *, effect_scale: float = 1.0) -> Layout:
+    """Treatments for ``wells`` wells (1..384) following the rule in the module docstring; every MoA
+    change is multiplied by ``effect_scale`` (side effects are not)."""
     n_controls = max(1, wells // 8)
     treated = wells - n_controls
     replicates = 2 if treated < 48 else 3
@@ -151,7 +152,7 @@ def design_layout(wells: int, seed: int) -> Layout:
     for index in range(n_treatments):
         moa_index = index % n_moas
         counts[moa_index] += 1
-        treatments.append(_make_treatment(MOAS[moa_index], counts[moa_index], rng))
+        treatments.append(_make_treatment(MOAS[moa_index], counts[moa_index], rng, effect_scale))
     assigned = [t for t in treatments[1:] for _ in range(replicates)]
     assigned += [CONTROL] * (wells - len(assigned))
     order = rng.permutation(wells)
@@ -165,9 +166,10 @@ def _moas_in_use(n_treatments: int) -> int:
     return max(min(3, n_treatments), min(math.ceil(n_treatments / 4), len(MOAS)))
 
 
-def _make_treatment(moa: MechanismOfAction, number: int, rng: np.random.Generator) -> Treatment:
+def _make_treatment(moa: MechanismOfAction, number: int, rng: np.random.Generator, effect_scale: float) -> Treatment:
     strength = float(np.round(rng.uniform(0.7, 1.0), 2))
-    changes = {name: change * strength * EFFECT_GAIN for name, change in moa.log2_changes.items()}
+    gain = EFFECT_GAIN * effect_scale
+    changes = {name: change * strength * gain for name, change in moa.log2_changes.items()}
     others = [name for name in PHENOTYPE_PARAMETERS if name not in moa.log2_changes]
     for name in rng.choice(others, size=2, replace=False):
         changes[str(name)] = float(np.round(rng.normal(0.0, SIDE_EFFECT_SD), 2))
