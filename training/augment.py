@@ -62,14 +62,12 @@ def augment_stored(
     return _augment(planes, scale, generator=generator, spec=spec)
 
 
-def augment_on_device(
-    planes: torch.Tensor, *, scale: float, generator: torch.Generator, spec: Augmentation = PAPER
-) -> torch.Tensor:
-    """(N, C, S, S) stored crops of any dtype on any device (value = stored x ``scale``) -> augmented
-    float32 on that device, vectorized over the batch: the GPU path, so loader workers only ship 8-bit
-    crops. The random numbers are drawn on the CPU from ``generator`` exactly as :func:`augment_batch`
-    draws them, so both give the same batch up to float rounding."""
-    n, channels, side, _ = planes.shape
+def _draws(
+    n: int, channels: int, generator: torch.Generator, spec: Augmentation
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every random number a batch's augmentation uses, drawn first and in one order on the CPU, so the
+    stream does not depend on which branches run and the CPU and device paths augment alike:
+    (do_crop, crop_frac, crop_pos, do_flip, turns, shift, factor)."""
     do_crop = torch.rand(n, generator=generator) < spec.crop_p
     crop_frac = torch.rand(n, generator=generator)
     crop_pos = torch.rand(n, 2, generator=generator)
@@ -78,6 +76,18 @@ def augment_on_device(
     shift = (torch.rand(n, channels, 1, 1, generator=generator) * 2 - 1) * spec.brightness
     low, high = spec.contrast
     factor = low + torch.rand(n, channels, 1, 1, generator=generator) * (high - low)
+    return do_crop, crop_frac, crop_pos, do_flip, turns, shift, factor
+
+
+def augment_on_device(
+    planes: torch.Tensor, *, scale: float, generator: torch.Generator, spec: Augmentation = PAPER
+) -> torch.Tensor:
+    """(N, C, S, S) stored crops of any dtype on any device (value = stored x ``scale``) -> augmented
+    float32 on that device, vectorized over the batch: the GPU path, so loader workers only ship 8-bit
+    crops. The random numbers are drawn on the CPU from ``generator`` exactly as :func:`augment_batch`
+    draws them, so both give the same batch up to float rounding."""
+    n, channels, side, _ = planes.shape
+    do_crop, crop_frac, crop_pos, do_flip, turns, shift, factor = _draws(n, channels, generator, spec)
 
     device = planes.device
     out = planes.float() * scale
@@ -105,15 +115,7 @@ def augment_on_device(
 def _augment(batch: torch.Tensor, scale: float, *, generator: torch.Generator, spec: Augmentation) -> torch.Tensor:
     """Contiguous (N, C, S, S) crops of any dtype, value = stored x ``scale`` -> augmented float32."""
     n, channels, side, _ = batch.shape
-    # Draw everything first, so the stream of random numbers does not depend on which branches run.
-    do_crop = torch.rand(n, generator=generator) < spec.crop_p
-    crop_frac = torch.rand(n, generator=generator)
-    crop_pos = torch.rand(n, 2, generator=generator)
-    do_flip = torch.rand(n, generator=generator) < spec.flip_p
-    turns = torch.randint(0, 4, (n,), generator=generator)
-    shift = (torch.rand(n, channels, 1, 1, generator=generator) * 2 - 1) * spec.brightness
-    low, high = spec.contrast
-    factor = low + torch.rand(n, channels, 1, 1, generator=generator) * (high - low)
+    do_crop, crop_frac, crop_pos, do_flip, turns, shift, factor = _draws(n, channels, generator, spec)
 
     zoomed: dict[int, torch.Tensor] = {}
     if do_crop.any():
