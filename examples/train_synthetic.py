@@ -205,8 +205,9 @@ def profile_baseline(screen: Path, out: Path, wells: list[str], normalization: s
     from cpcnn.baseline import baseline_cells
     from cpcnn.plates.load_data import read_load_data
     from cpcnn.plates.locations import open_locations
-    from cpcnn.plates.output import PlateOutput, read_platemap
+    from cpcnn.plates.output import PlateOutput
     from cpcnn.plates.pipeline import load_site
+    from cpcnn.plates.platemap import read_platemap
 
     output = PlateOutput(out)
     locations = open_locations(screen / "nuclei.csv")
