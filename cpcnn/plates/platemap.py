@@ -51,8 +51,9 @@ def read_platemap(path: Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"platemap {path} does not exist")
-    if path.stat().st_size > MAX_PLATEMAP_BYTES:
-        raise PayloadTooLarge(f"platemap {path.name} is over {MAX_PLATEMAP_BYTES >> 20} MiB")
+    size = path.stat().st_size
+    if size > MAX_PLATEMAP_BYTES:
+        raise PayloadTooLarge(f"platemap {path.name} is {size} bytes, over the limit of {MAX_PLATEMAP_BYTES}")
     sep = "\t" if path.suffix.lower() in (".txt", ".tsv") else ","
     try:
         table = pd.read_csv(path, sep=sep, dtype={"Metadata_Well": str, "Metadata_Plate": str, "well_position": str})
